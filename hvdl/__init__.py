@@ -1,0 +1,1 @@
+"""hvdl: data-parallel deep learning with Horovod."""

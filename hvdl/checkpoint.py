@@ -1,0 +1,95 @@
+"""Checkpoints: written by rank 0 atomically, read back with `weights_only=True`.
+
+A checkpoint is a dict of tensors and plain values, never pickled modules:
+`{"model": state_dict, "optimizer": state_dict, "config": to_dict(config), "stage": str,
+"epoch": int, "step": int, "rng": {...}, **extra}`. It is written to a temporary file in the same
+folder, flushed to disk, then renamed over its final name, so a crash never leaves half a file
+under a checkpoint's name; only the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hvdl import config as configlib
+from hvdl.config import Config
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, or from another model."""
+
+
+def folder(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save(run_dir: Path | None, payload: dict[str, Any], *, step: int, keep: int) -> Path | None:
+    """Write `payload` as checkpoints/step-<step>.pt and prune old ones; no-op off rank 0."""
+    if run_dir is None:
+        return None
+    out = folder(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"step-{step:09d}.pt"
+    tmp = out / f".{path.name}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in sorted(out.glob("step-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest(run_dir: Path) -> Path | None:
+    found = sorted(folder(run_dir).glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def load(path: Path, config: Config | None = None) -> dict[str, Any]:
+    """Read a checkpoint; with `config`, check that it belongs to the same model."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
+                              f"({type(err).__name__}); use a complete hvdl checkpoint") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CheckpointError(f"checkpoint {path} was not written by hvdl (no model and config)")
+    if config is not None:
+        saved = payload["config"]
+        mine = configlib.to_dict(config)
+        for key in ("family", "layers"):
+            if saved.get(key) != mine[key]:
+                raise CheckpointError(
+                    f"checkpoint {path} is for {key} {saved.get(key)!r}, this run has "
+                    f"{mine[key]!r}; resume with the recipe that wrote it")
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator a run uses, to resume with the same draws."""
+    state = {"torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(np.frombuffer(
+                 np.random.get_state()[1].astype("<u4").tobytes(), dtype=np.uint8).copy()),
+             "numpy_pos": int(np.random.get_state()[2]),
+             "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys = np.frombuffer(state["numpy"].numpy().tobytes(), dtype="<u4").astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"]))
+    random.setstate((3, tuple(int(v) for v in state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,1 @@
+"""Datasets: IDX file reading and writing, and the MNIST loader."""

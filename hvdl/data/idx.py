@@ -1,0 +1,120 @@
+"""Read and write IDX files, the format of the MNIST database.
+
+    from hvdl.data.idx import read_idx
+    images = read_idx("data/mnist/train-images-idx3-ubyte.gz")   # uint8 (60000, 28, 28)
+
+Format (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"): a 4-byte magic number
+`00 00 TT NN` where TT is the element type and NN the number of dimensions, then NN big-endian
+uint32 sizes, then the elements in C order, big-endian. A file is gzip-compressed when it starts
+with the gzip magic bytes `1f 8b`, whatever its name. Every malformed file raises `IdxError`, a
+one-line message naming the file and the exact mismatch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+# IDX type code -> big-endian NumPy dtype of the stored elements.
+TYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+class IdxError(ValueError):
+    """A malformed IDX file; the message names the file and what does not match."""
+
+
+def _shape_text(dims: tuple[int, ...]) -> str:
+    """Dimensions as `60000×28×28`."""
+    return "×".join(str(d) for d in dims)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The decompressed contents of `path`; gzip is detected by its magic bytes."""
+    raw = path.read_bytes()
+    if not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise IdxError(f"{path}: corrupt gzip data ({exc})") from None
+
+
+def _parse_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Element dtype, dimensions and header length from the start of an IDX file."""
+    if len(data) < 4:
+        raise IdxError(f"{path}: {len(data)} bytes is too short for the 4-byte IDX magic number")
+    if data[0:2] != b"\x00\x00":
+        raise IdxError(f"{path}: bad IDX magic number 0x{data[:4].hex()}, "
+                       "expected two zero bytes, a type code and a dimension count")
+    code, ndim = data[2], data[3]
+    if code not in TYPES:
+        known = ", ".join(f"0x{c:02X}" for c in TYPES)
+        raise IdxError(f"{path}: unknown IDX type code 0x{code:02X}, expected one of {known}")
+    if ndim == 0:
+        raise IdxError(f"{path}: IDX header declares 0 dimensions, expected at least 1")
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise IdxError(f"{path}: IDX header declares {ndim} dimensions ({header_len} bytes) "
+                       f"but the file holds only {len(data)} bytes")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    return TYPES[code], dims, header_len
+
+
+def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
+    """The array stored in the IDX file `path` (raw or gzip), in native byte order.
+
+    ndim: if given, the number of dimensions the file must declare.
+    Raises IdxError for a bad magic number, a corrupt gzip stream, a dimension count other
+    than `ndim`, or a payload whose length is not the product of the dimensions.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    dtype, dims, header_len = _parse_header(data, path)
+    if ndim is not None and len(dims) != ndim:
+        raise IdxError(f"{path}: expected {ndim} dimensions, found {len(dims)} "
+                       f"({_shape_text(dims)})")
+    expected = math.prod(dims) * dtype.itemsize
+    found = len(data) - header_len
+    if found != expected:
+        kind = dtype.newbyteorder("=").name
+        raise IdxError(f"{path}: expected {expected} bytes of {kind} data for "
+                       f"{_shape_text(dims)}, found {found}")
+    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
+    return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+
+
+def _type_code(dtype: np.dtype) -> int:
+    """The IDX type code for `dtype`; ValueError if IDX cannot store it."""
+    for code, idx_dtype in TYPES.items():
+        if idx_dtype.newbyteorder("=") == dtype.newbyteorder("="):
+            return code
+    allowed = ", ".join(t.newbyteorder("=").name for t in TYPES.values())
+    raise ValueError(f"IDX cannot store dtype {dtype}; allowed: {allowed}")
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write `array` to `path` as IDX, gzip-compressed when the name ends in `.gz`."""
+    path = Path(path)
+    array = np.asarray(array)
+    code = _type_code(array.dtype)
+    if not 1 <= array.ndim <= 255:
+        raise ValueError(f"IDX stores 1 to 255 dimensions, got {array.ndim}")
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    data = header + array.astype(TYPES[code]).tobytes()
+    if path.suffix == ".gz":
+        data = gzip.compress(data, mtime=0)  # mtime=0: the same array gives the same bytes
+    path.write_bytes(data)

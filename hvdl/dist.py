@@ -1,0 +1,259 @@
+"""Every Horovod and mpi4py call in hvdl lives here.
+
+The rest of the package asks this module for rank, size and device, to average a metric, to
+broadcast a state, to wrap an optimizer, and never imports horovod or mpi4py itself.
+
+Launchers that work (all end up in `init`):
+
+    python -m hvdl.train                          # one process
+    horovodrun -np 4 python -m hvdl.train         # Horovod's launcher, MPI or Gloo controller
+    mpirun -np 4 python -m hvdl.train             # Open MPI
+    srun --mpi=pmix python -m hvdl.train          # Slurm
+
+Under an MPI launcher mpi4py initialises MPI with MPI_THREAD_MULTIPLE and hands COMM_WORLD to
+Horovod; its node-local communicator then lets one rank per node prepare data while the others
+wait, and gathers the host and device inventory written into each run's metadata. Under
+horovodrun's Gloo controller there is no MPI job, so Horovod's own collectives do both jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+
+class LaunchError(RuntimeError):
+    """The launcher and Horovod disagree about the job (for example a Gloo-only build under srun)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands in the job."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    device: torch.device
+    threads: int  # torch intra-op threads on CPU
+    controller: str  # "mpi", "gloo" or "single"
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+
+# The launcher environment variables that announce the number of tasks.
+_LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS",
+                       "HOROVOD_SIZE")
+
+
+def launcher_size(environ: dict[str, str] | None = None) -> tuple[int, str | None]:
+    """Return (tasks, variable) as announced by the launcher; (1, None) when none says."""
+    environ = os.environ if environ is None else environ
+    for var in _LAUNCHER_SIZE_VARS:
+        value = environ.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            # SLURM_NTASKS describes the allocation; only trust it inside a job step (srun).
+            if var == "SLURM_NTASKS" and "SLURM_STEP_ID" not in environ:
+                continue
+            return int(value), var
+    return 1, None
+
+
+def _uses_mpi(environ: dict[str, str]) -> bool:
+    """Whether this process was started by an MPI launcher (mpirun, srun --mpi, horovodrun+MPI)."""
+    if "HOROVOD_GLOO_RENDEZVOUS_ADDR" in environ:  # horovodrun --gloo, or elastic
+        return False
+    return any(k in environ for k in ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"))
+
+
+def _mpi() -> Any:
+    import mpi4py
+
+    mpi4py.rc.thread_level = "multiple"  # Horovod's MPI controller calls MPI from its own thread
+    from mpi4py import MPI
+
+    return MPI
+
+
+def _hvd() -> Any:
+    import horovod.torch as hvd
+
+    return hvd
+
+
+def cpu_threads(local_size: int, environ: dict[str, str] | None = None) -> int:
+    """Torch threads per rank: the task's CPUs under Slurm, else this node's cores / local ranks."""
+    environ = os.environ if environ is None else environ
+    if environ.get("HVDL_THREADS", "").isdigit():
+        return max(1, int(environ["HVDL_THREADS"]))
+    if environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(environ["SLURM_CPUS_PER_TASK"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # Affinity may already be narrowed to this rank's cores by the launcher's binding.
+    total = os.cpu_count() or 1
+    if cores and cores < total:
+        return max(1, cores)
+    return max(1, total // max(1, local_size))
+
+
+def pick_device(local_rank: int) -> torch.device:
+    """`cuda:<local rank>`, or `cuda:0` when the scheduler shows each task one GPU, else CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    return torch.device("cuda", local_rank if local_rank < count else 0)
+
+
+def init(threads: int | None = None) -> Context:
+    """Initialise Horovod (through mpi4py under MPI launchers), pin the device, set threads."""
+    environ = dict(os.environ)
+    hvd = _hvd()
+    controller = "gloo"
+    if _uses_mpi(environ):
+        MPI = _mpi()
+        hvd.init(comm=MPI.COMM_WORLD)
+        controller = "mpi"
+    else:
+        hvd.init()
+        if hvd.size() == 1 and "HOROVOD_GLOO_RENDEZVOUS_ADDR" not in environ:
+            controller = "single"
+    expected, var = launcher_size(environ)
+    if expected > 1 and hvd.size() == 1:
+        raise LaunchError(
+            f"the launcher started {expected} tasks ({var}={expected}) but Horovod sees one; "
+            "this Horovod was probably built without MPI (check `horovodrun --check-build`), "
+            "or srun was not given --mpi=pmix")
+    device = pick_device(hvd.local_rank())
+    n_threads = threads or cpu_threads(hvd.local_size(), environ)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(n_threads)
+    return Context(rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+                   local_size=hvd.local_size(), device=device, threads=n_threads,
+                   controller=controller)
+
+
+def shutdown() -> None:
+    _hvd().shutdown()
+
+
+# --- collectives: every rank must call these in the same order ----------------------------------
+
+def allreduce_sum(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Sum `tensor` over ranks (returns a new tensor)."""
+    hvd = _hvd()
+    return hvd.allreduce(tensor, op=hvd.Sum, name=name)
+
+
+def allreduce_mean(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """Average `tensor` over ranks (returns a new tensor)."""
+    hvd = _hvd()
+    return hvd.allreduce(tensor, op=hvd.Average, name=name)
+
+
+def average_metrics(metrics: dict[str, float], name: str = "metrics") -> dict[str, float]:
+    """Average a dict of scalars over ranks with one allreduce."""
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    mean = allreduce_mean(values, name=name)
+    return {k: float(v) for k, v in zip(keys, mean)}
+
+
+def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    root: int = 0) -> None:
+    """Give every rank rank 0's parameters, buffers and optimizer state."""
+    hvd = _hvd()
+    hvd.broadcast_parameters(model.state_dict(), root_rank=root)
+    if optimizer is not None:
+        hvd.broadcast_optimizer_state(optimizer, root_rank=root)
+
+
+def broadcast_object(obj: Any, root: int = 0, name: str = "object") -> Any:
+    """Give every rank rank 0's picklable `obj`."""
+    return _hvd().broadcast_object(obj, root_rank=root, name=name)
+
+
+def allgather_object(obj: Any, name: str = "gather") -> list[Any]:
+    """Collect one picklable object from every rank, in rank order, on every rank."""
+    return _hvd().allgather_object(obj, name=name)
+
+
+def barrier() -> None:
+    _hvd().barrier()
+
+
+def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, *,
+                          fp16_compression: bool = False,
+                          backward_passes_per_step: int = 1) -> torch.optim.Optimizer:
+    """Wrap `optimizer` so `step()` uses gradients averaged over ranks by ring allreduce."""
+    hvd = _hvd()
+    compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
+    return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                    compression=compression,
+                                    backward_passes_per_step=backward_passes_per_step,
+                                    op=hvd.Average)
+
+
+def scaled_lr(base_lr: float, size: int, step: int, warmup_steps: int,
+              scaling: str = "linear") -> float:
+    """Learning rate for `step`: `base_lr * size` (linear scaling), reached by linear warm-up.
+
+    Warm-up starts from `base_lr` (the single-rank rate) as in Goyal et al. (2017), so short
+    runs and one-rank runs are not slowed.
+    """
+    target = base_lr * size if scaling == "linear" else base_lr
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return target
+    return base_lr + (target - base_lr) * step / warmup_steps
+
+
+# --- node-local coordination and inventory (mpi4py's job under MPI) ------------------------------
+
+@contextlib.contextmanager
+def local_root_first(ctx: Context) -> Iterator[None]:
+    """Run the body on local rank 0 of each node first (e.g. to unpack data), then on the rest."""
+    if ctx.size == 1:
+        yield
+        return
+    if ctx.controller == "mpi":
+        local = _mpi().COMM_WORLD.Split_type(_mpi().COMM_TYPE_SHARED)
+        wait = local.Barrier
+    else:
+        local, wait = None, barrier
+    try:
+        if ctx.local_rank != 0:
+            wait()
+        yield
+        if ctx.local_rank == 0:
+            wait()
+    finally:
+        if local is not None:
+            local.Free()
+
+
+def inventory(ctx: Context) -> list[dict[str, Any]]:
+    """Host, device and thread count of every rank, in rank order (a collective)."""
+    mine = {"rank": ctx.rank, "local_rank": ctx.local_rank, "host": socket.gethostname(),
+            "device": str(ctx.device), "threads": ctx.threads}
+    if ctx.device.type == "cuda":
+        mine["device_name"] = torch.cuda.get_device_name(ctx.device)
+    if ctx.controller == "mpi":
+        return _mpi().COMM_WORLD.allgather(mine)
+    if ctx.size == 1:
+        return [mine]
+    return allgather_object(mine, name="inventory")
+
+
+def check_finite(value: torch.Tensor, name: str = "finite") -> bool:
+    """True when `value` is finite on every rank (a collective, so every rank agrees)."""
+    bad = torch.tensor([0.0 if math.isfinite(float(value)) else 1.0])
+    return float(allreduce_sum(bad, name=name)) == 0.0

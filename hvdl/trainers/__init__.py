@@ -1,0 +1,1 @@
+"""Training procedures, one module per model family: `train(config, ctx, run) -> dict`."""

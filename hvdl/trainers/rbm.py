@@ -1,0 +1,316 @@
+"""Train an RBM, a Deep Belief Net or a deep autoencoder data-parallel (families rbm, dbn, deep_ae).
+
+    python -m hvdl.train --model rbm_mnist                       # one RBM, CD-1
+    horovodrun -np 2 python -m hvdl.train --model dbn_mnist      # pretrain 3 RBMs, fine-tune
+    horovodrun -np 2 python -m hvdl.train --model deep_ae_mnist --rbm.pretrain_epochs 10
+    tensorboard --logdir results/runs
+
+Stages, each with its own progress bar, TensorBoard prefix and weights file `stages/<name>.pt`:
+`pretrain1` … `pretrainL` train the RBMs greedily by CD-k, each on the hidden probabilities of
+the one below; then for `dbn` a softmax layer goes on top and the whole stack is fine-tuned by
+backprop (`finetune`, engine.fit), for `deep_ae` the stack is unrolled into an autoencoder and
+fine-tuned on cross-entropy, and 30-component PCA is computed as the baseline.
+
+One CD update: every rank computes the positive and negative statistics of its own batch and
+writes them as `.grad`; Horovod's distributed optimizer averages them over ranks, and SGD applies
+momentum and the weight cost (on W only), so N ranks step as one process on the global batch.
+Monitors per epoch: training reconstruction error (Hinton's, with sampled h), and the mean-field
+reconstruction error and mean free energy of a training slice and of the held-out test split.
+Reference and measured results: hvdl/models/rbm.py, results/rbm/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from hvdl import dist, engine, metrics, viz
+from hvdl import config as configlib
+from hvdl.config import Config
+from hvdl.data.loading import mnist_shards
+from hvdl.data.patches import sample_patches
+from hvdl.data.shard import DeviceShard, steps_per_epoch
+from hvdl.dist import Context
+from hvdl.models import rbm as rbm_models
+from hvdl.models.pca import fit_pca, squared_error
+from hvdl.models.rbm import RBM
+from hvdl.runlog import RunLog
+
+CHUNK = 1000  # examples per forward pass when propagating or monitoring a whole shard
+MAX_FILTERS = 256  # filters shown in a stage's picture
+
+
+def train(config: Config, ctx: Context, run: RunLog,
+          state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pretrain the stack, then fine-tune it (dbn, deep_ae); returns the final figures."""
+    train_shard, test_shard = load_data(config, ctx)
+    rbms = build_stack(config, ctx)
+    result: dict[str, Any] = {}
+    # A resumed fine-tuning checkpoint holds the whole model: pretraining is not repeated.
+    if state is None or state.get("stage") != "finetune":
+        result["pretrain"] = pretrain(rbms, train_shard, test_shard, config, ctx, run)
+        state = None
+    if config.family == "dbn":
+        result.update(finetune_classifier(rbms, train_shard, test_shard, config, ctx, run, state))
+    elif config.family == "deep_ae":
+        result.update(finetune_autoencoder(rbms, train_shard, test_shard, config, ctx, run, state))
+    return result
+
+
+def load_data(config: Config, ctx: Context) -> tuple[DeviceShard, DeviceShard]:
+    """(train, held-out) shards: MNIST pixels /255 (not binarised), or natural-image patches."""
+    if config.dataset == "patches":
+        return patch_shards(config, ctx)
+    return mnist_shards(config, ctx, flatten=True, standardize=False)
+
+
+def patch_shards(config: Config, ctx: Context) -> tuple[DeviceShard, DeviceShard]:
+    """This rank's patches and a held-out draw a tenth as large (seed + 1), standardised per
+    pixel over all ranks for unit-variance Gaussian visible units (Hinton's practical guide)."""
+    def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        return dist.allreduce_sum(tensor, name="patches.sum")
+
+    p = config.patches
+    draws = [torch.from_numpy(sample_patches(
+        p.source, count=count, size=p.size, seed=seed, rank=ctx.rank, ranks=ctx.size,
+        zca_epsilon=p.zca_epsilon if p.zca else None, reduce_sum=reduce_sum))
+        for seed, count in ((config.seed, p.count), (config.seed + 1, max(ctx.size, p.count // 10)))]
+    train, held = draws  # (k, size²) each, in [0.1, 0.9]
+    if config.rbm.visible == "gaussian":
+        moments = reduce_sum(torch.stack([train.double().sum(0), train.double().pow(2).sum(0),
+                                          torch.full((train.shape[1],), float(len(train)))]))
+        mean = moments[0] / moments[2]
+        std = (moments[1] / moments[2] - mean.pow(2)).clamp(min=1e-12).sqrt()
+        train, held = ((d - mean) / std for d in (train.double(), held.double()))
+    steps = steps_per_epoch(p.count, ctx.size, config.batch_size)
+    return (DeviceShard(train.float().to(ctx.device), None, batch_size=config.batch_size,
+                        steps=steps, seed=config.seed + 1000 * ctx.rank),
+            DeviceShard(held.float().to(ctx.device), None, batch_size=CHUNK, shuffle=False))
+
+
+def stack_sizes(config: Config) -> tuple[int, ...]:
+    """Unit counts of the RBM stack: a DBN's last entry is the softmax, not an RBM."""
+    return config.layers[:-1] if config.family == "dbn" else config.layers
+
+
+def build_stack(config: Config, ctx: Context) -> list[RBM]:
+    generator = torch.Generator().manual_seed(config.seed)  # the same on every rank
+    rbms = rbm_models.make_stack(stack_sizes(config), visible=config.rbm.visible,
+                                 top_hidden=config.rbm.code_units, generator=generator)
+    return [rbm.to(ctx.device) for rbm in rbms]
+
+
+# --- greedy pretraining ----------------------------------------------------------------------
+
+def pretrain(rbms: list[RBM], shard: DeviceShard, held_out: DeviceShard, config: Config,
+             ctx: Context, run: RunLog) -> list[dict[str, Any]]:
+    """Train each RBM on the hidden probabilities of the one below; returns each last epoch."""
+    finals = []
+    for i, rbm in enumerate(rbms, start=1):
+        name = f"pretrain{i}"
+        run.print(f"{name}: RBM {rbm.n_vis}-{rbm.n_hid} ({rbm.visible} visible, {rbm.hidden} "
+                  f"hidden), CD-{config.rbm.cd_k}{' persistent' if config.rbm.persistent else ''}")
+        finals.append(train_rbm(rbms[:i], shard, held_out, name, config, ctx, run))
+        save_stage(run, name, rbm, config)
+        if i < len(rbms):
+            shard, held_out = propagate(rbm, shard), propagate(rbm, held_out)
+    return finals
+
+
+def rbm_optimizer(rbm: RBM, lr: float, config: Config) -> torch.optim.Optimizer:
+    """SGD with momentum; the weight cost applies to W only, as in Hinton's code."""
+    groups = [{"params": [rbm.W], "weight_decay": config.rbm.weight_cost},
+              {"params": [rbm.b_vis, rbm.b_hid], "weight_decay": 0.0}]
+    base = torch.optim.SGD(groups, lr=lr, momentum=config.rbm.initial_momentum)
+    return dist.distributed_optimizer(base, rbm, fp16_compression=config.perf.fp16_compression)
+
+
+def train_rbm(stack: list[RBM], shard: DeviceShard, held_out: DeviceShard, name: str,
+              config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
+    """CD-k epochs for the top RBM of `stack` (the ones below only draw its filters)."""
+    rbm = stack[-1]
+    lr = config.rbm.code_lr if rbm.hidden == "linear" else config.rbm.pretrain_lr
+    optimizer = rbm_optimizer(rbm, lr, config)
+    # Parameters only: a fresh SGD has no state, and Horovod's optimizer-state broadcast would
+    # initialise it with a zero-gradient step that applies the weight cost once.
+    dist.broadcast_state(rbm)
+    schedule = engine.Schedule(lr, ctx.size, config.rbm.pretrain_epochs * shard.steps,
+                               int(config.warmup_epochs * shard.steps), "constant",
+                               config.lr_scaling)
+    generator = torch.Generator(device=ctx.device).manual_seed(
+        config.seed + 1000 * ctx.rank + len(stack))  # each rank its own sampling noise
+
+    def show(step: int) -> None:
+        run.image(f"{name}/filters", filter_picture(stack), step)
+
+    history: list[dict[str, Any]] = []
+    step, chain = 0, None
+    for epoch in range(config.rbm.pretrain_epochs):
+        momentum = (config.rbm.initial_momentum if epoch < config.rbm.momentum_switch
+                    else config.rbm.final_momentum)
+        for group in optimizer.param_groups:
+            group["momentum"] = momentum
+        started = time.perf_counter()
+        recon, step, chain = cd_epoch(rbm, optimizer, shard, schedule, generator, chain,
+                                      epoch=epoch, step=step, name=name, config=config,
+                                      run=run, show=show)
+        entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - started,
+                 "momentum": momentum, "train_recon": recon, **monitor(rbm, shard, held_out, name)}
+        history.append(entry)
+        run.scalars({k: v for k, v in entry.items() if k != "epoch"}, step, prefix=f"{name}/")
+        run.print(f"{name} epoch {epoch + 1}: recon {recon:.3f}, held-out recon "
+                  f"{entry['heldout_recon']:.3f}, free energy train {entry['train_free_energy']:.2f}"
+                  f" / held-out {entry['heldout_free_energy']:.2f}, {entry['seconds']:.1f} s")
+        run.record(**{name: history})
+        if config.max_steps and step >= config.max_steps:
+            break
+    show(step)
+    return history[-1] if history else {}
+
+
+def cd_epoch(rbm: RBM, optimizer: torch.optim.Optimizer, shard: DeviceShard,
+             schedule: engine.Schedule, generator: torch.Generator, chain: torch.Tensor | None,
+             *, epoch: int, step: int, name: str, config: Config, run: RunLog,
+             show: Callable[[int], None]) -> tuple[float, int, torch.Tensor | None]:
+    """One epoch of CD-k updates; returns (mean reconstruction error over ranks, step, chain)."""
+    total = torch.zeros((), dtype=torch.float64, device=shard.x.device)
+    window = torch.zeros_like(total)
+    done = 0
+    for v0, _ in run.progress(shard.batches(epoch), shard.steps, f"{name} epoch {epoch + 1}"):
+        engine.set_lr(optimizer, schedule(step))
+        noise = rbm.draw_noise(config.rbm.cd_k, len(v0), generator)  # (k + 1, B, n_hid)
+        out = rbm_models.contrastive_divergence(rbm, v0, noise, chain)
+        optimizer.step()  # allreduce-averages the CD statistics, then SGD with momentum
+        chain = out.chain if config.rbm.persistent else None
+        error = (v0 - out.reconstruction).pow(2).sum(1).mean()  # per example, summed over v
+        total += error
+        window += error
+        step, done = step + 1, done + 1
+        if done % config.log_every == 0 or done == shard.steps:
+            run.scalars({"recon_error": float(window) / ((done - 1) % config.log_every + 1),
+                         "lr": schedule(step)}, step, prefix=f"{name}/")
+            window.zero_()
+        if config.filters_every and step % config.filters_every == 0:
+            show(step)
+        if config.max_steps and step >= config.max_steps:
+            break
+    mean = float(total) / max(1, done)
+    return dist.average_metrics({"recon": mean}, name=f"{name}.recon")["recon"], step, chain
+
+
+@torch.no_grad()
+def monitor(rbm: RBM, shard: DeviceShard, held_out: DeviceShard, name: str) -> dict[str, float]:
+    """Mean-field reconstruction error and mean free energy of training and held-out data.
+
+    The training slice is as large as the held-out shard; a growing gap between the two free
+    energies is the overfitting signal of Hinton's practical guide. Sums and counts are
+    allreduced, so the figures equal one process's on the same examples.
+    """
+    sums = []
+    for data in (shard.x[:len(held_out)], held_out.x):
+        recon = torch.zeros((), dtype=torch.float64, device=data.device)
+        free = torch.zeros_like(recon)
+        for v in data.split(CHUNK):
+            v_hat = rbm.visible_mean(rbm.hidden_mean(v))  # (B, n_vis)
+            recon += (v - v_hat).pow(2).sum()
+            free += rbm.free_energy(v).sum()
+        sums += [recon.cpu(), free.cpu(), torch.tensor(float(len(data)), dtype=torch.float64)]
+    totals = dist.allreduce_sum(torch.stack(sums), name=f"{name}.monitor").tolist()
+    n_train, n_held = max(totals[2], 1.0), max(totals[5], 1.0)
+    return {"train_slice_recon": totals[0] / n_train, "train_free_energy": totals[1] / n_train,
+            "heldout_recon": totals[3] / n_held, "heldout_free_energy": totals[4] / n_held,
+            "free_energy_gap": totals[4] / n_held - totals[1] / n_train}
+
+
+@torch.no_grad()
+def propagate(rbm: RBM, shard: DeviceShard) -> DeviceShard:
+    """The shard's hidden probabilities E[h | v], the next RBM's data; labels and order kept."""
+    x = torch.cat([rbm.hidden_mean(v) for v in shard.x.split(CHUNK)])  # (n, n_hid)
+    return DeviceShard(x, shard.y, batch_size=shard.batch_size,
+                       steps=shard.steps if shard.shuffle else None, seed=shard.seed,
+                       shuffle=shard.shuffle)
+
+
+@torch.no_grad()
+def filter_picture(stack: list[RBM]) -> Any:
+    """The top RBM's filters in input space (W₁ W₂ … W_l, a linear projection) as a grid."""
+    weights = stack[0].W
+    for rbm in stack[1:]:
+        weights = weights @ rbm.W  # (n_vis, n_hid of this layer)
+    return viz.filter_grid(weights.T[:MAX_FILTERS].cpu().numpy())
+
+
+def save_stage(run: RunLog, name: str, model: torch.nn.Module, config: Config) -> None:
+    """Write a stage's weights to stages/<name>.pt (rank 0 only: other ranks have no run.dir)."""
+    if run.dir is None:
+        return
+    folder = run.dir / "stages"
+    folder.mkdir(exist_ok=True)
+    tmp = folder / f".{name}.pt.tmp"
+    torch.save({"model": model.state_dict(), "config": configlib.to_dict(config),
+                "stage": name}, tmp)
+    os.replace(tmp, folder / f"{name}.pt")
+
+
+# --- fine-tuning -----------------------------------------------------------------------------
+
+def finetune_classifier(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
+                        config: Config, ctx: Context, run: RunLog,
+                        state: dict[str, Any] | None) -> dict[str, Any]:
+    """Softmax on top of the pretrained stack, the whole net fine-tuned by backprop."""
+    classes = config.layers[-1]
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    model = rbm_models.classifier(rbms, classes, generator=generator).to(ctx.device)
+    stage = engine.Stage(
+        name="finetune", model=model, loss=F.cross_entropy, epochs=config.rbm.finetune_epochs,
+        lr=config.rbm.finetune_lr,
+        evaluate=lambda: metrics.evaluate_classifier(model, test_shard.batches(0), classes,
+                                                     name="finetune.eval"))
+    final = engine.fit(stage, train_shard, config, ctx, run, state=state)
+    save_stage(run, "finetune", model, config)
+    test = final.get("test", {})
+    for line in classification_report(test):
+        run.print(line)
+    return {"test": test}
+
+
+def classification_report(test: dict[str, Any]) -> list[str]:
+    """Test error, per-class precision / recall / F1 and the confusion matrix, as text."""
+    if not test:
+        return []
+    lines = [f"test error {100 * test['error']:.2f}% ({test['count']} images), "
+             f"macro F1 {test['macro_f1']:.4f}", "class precision recall     f1"]
+    for c, (p, r, f) in enumerate(zip(test["precision"], test["recall"], test["f1"])):
+        lines.append(f"{c:5d} {p:9.4f} {r:6.4f} {f:6.4f}")
+    lines.append("confusion matrix (rows: true class, columns: predicted):")
+    lines += [" ".join(f"{v:5d}" for v in row) for row in test["confusion"]]
+    return lines
+
+
+def finetune_autoencoder(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
+                         config: Config, ctx: Context, run: RunLog,
+                         state: dict[str, Any] | None) -> dict[str, Any]:
+    """Unroll the stack, fine-tune on cross-entropy, compare with PCA of the same code size."""
+    model = rbm_models.unroll(rbms)
+    before = squared_error(model.reconstruct, test_shard.x, "unrolled.sq")
+    run.print(f"unrolled autoencoder before fine-tuning: test squared error {before:.3f}")
+    pixels = DeviceShard(train_shard.x, None, batch_size=train_shard.batch_size,
+                         steps=train_shard.steps, seed=train_shard.seed)  # target = input
+    stage = engine.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
+                         epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr)
+    final = engine.fit(stage, pixels, config, ctx, run, state=state)
+    save_stage(run, "finetune", model, config)
+    after = squared_error(model.reconstruct, test_shard.x, "finetune.sq")
+    pca = fit_pca(train_shard.x.split(CHUNK), n_components=config.layers[-1])
+    baseline = squared_error(pca.reconstruct, test_shard.x, "pca.sq")
+    figures = {"squared_error": after, "squared_error_before_finetune": before,
+               "pca_squared_error": baseline}
+    run.scalars(figures, final.get("epoch", 0), prefix="test/")
+    run.print(f"average squared test reconstruction error per image: autoencoder {after:.3f}, "
+              f"PCA ({config.layers[-1]} components) {baseline:.3f}")
+    return figures
+

@@ -1,0 +1,62 @@
+"""Start real multi-process jobs from tests: horovodrun (Gloo or MPI), mpirun, or plain python."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """Environment for a child job: one torch thread per rank, Open MPI allowed as root."""
+    env = dict(os.environ)
+    env.update({
+        "HVDL_THREADS": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "OMPI_MCA_rmaps_base_oversubscribe": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    })
+    env.update(extra)
+    return env
+
+
+def launch_command(np: int, args: list[str], launcher: str = "gloo") -> list[str]:
+    """The command line that runs `python <args>` on `np` ranks.
+
+    launcher: "gloo" (horovodrun --gloo), "mpi" (horovodrun --mpi), "mpirun", or "python"
+    (a single plain process; np must be 1).
+    """
+    python = [sys.executable, *args]
+    if launcher == "python":
+        assert np == 1
+        return python
+    if launcher == "mpirun":
+        return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(np),
+                "--bind-to", "none", *python]
+    flag = {"gloo": "--gloo", "mpi": "--mpi"}[launcher]
+    extra = ["--mpi-args=--allow-run-as-root --oversubscribe --bind-to none"] \
+        if launcher == "mpi" else []
+    return [str(BIN / "horovodrun"), flag, *extra, "-np", str(np), "-H", f"localhost:{np}",
+            *python]
+
+
+def run_job(np: int, args: list[str], launcher: str = "gloo", timeout: float = 300,
+            cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """Run a job to completion and return it (stdout and stderr captured as text)."""
+    return subprocess.run(launch_command(np, args, launcher), cwd=cwd or ROOT,
+                          env=job_env(**env), capture_output=True, text=True, timeout=timeout)
+
+
+def check_job(np: int, args: list[str], launcher: str = "gloo", **kw) -> str:
+    """Run a job, fail the test with its output if it exits non-zero; return stdout."""
+    proc = run_job(np, args, launcher, **kw)
+    assert proc.returncode == 0, (
+        f"job failed ({proc.returncode}): {' '.join(proc.args)}\n"
+        f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc.stdout
