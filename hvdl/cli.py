@@ -1,4 +1,4 @@
-"""The `hvdl` command: `hvdl train|eval|fetch|bench ...`, each the matching module's `main`.
+"""The `hvdl` command: `hvdl train|eval|fetch|report|bench ...`, each the matching module's `main`.
 
     hvdl train --model lenet5 --epochs 3      # same as python -m hvdl.train ...
     hvdl fetch mnist --data-dir data
@@ -11,7 +11,7 @@ import importlib
 import sys
 
 COMMANDS = {"train": "hvdl.train", "eval": "hvdl.evaluate", "fetch": "hvdl.fetch",
-            "bench": "hvdl.bench"}
+            "report": "hvdl.report", "bench": "hvdl.bench"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from hvdl import checkpoint, dist, metrics
+from hvdl import checkpoint, dist, metrics, sync
 from hvdl import config as configlib
 from hvdl.config import Config
 from hvdl.data.shard import DeviceShard
@@ -87,7 +87,8 @@ def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: DeviceSha
     for x, y in bar:
         set_lr(optimizer, schedule(step))
         optimizer.zero_grad()
-        loss = stage.loss(stage.model(x), y if y is not None else x)
+        with torch.autocast(shard.x.device.type, torch.bfloat16, enabled=config.perf.bf16):
+            loss = stage.loss(stage.model(x), y if y is not None else x)
         loss.backward()
         optimizer.step()
         total += loss.detach()
@@ -114,9 +115,9 @@ def fit(stage: Stage, shard: DeviceShard, config: Config, ctx: Context, run: Run
         state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `stage` for its epochs data-parallel; evaluate and checkpoint after each epoch."""
     base = make_optimizer(stage.model.parameters(), config, stage.lr)
-    optimizer = dist.distributed_optimizer(
-        base, stage.model, fp16_compression=config.perf.fp16_compression,
-        backward_passes_per_step=config.perf.backward_passes_per_step)
+    optimizer = sync.wrap(base, stage.model, config)  # gradient or parameter averaging
+    if config.perf.compile:
+        stage.model.compile()  # in place: state_dict keys and evaluation are unchanged
     start_epoch, step = 0, 0
     if state is not None:
         stage.model.load_state_dict(state["model"])
@@ -131,6 +132,7 @@ def fit(stage: Stage, shard: DeviceShard, config: Config, ctx: Context, run: Run
         started, first = time.perf_counter(), step
         train_cost, step = train_epoch(stage, optimizer, shard, schedule, epoch=epoch,
                                        step=step, run=run, config=config)
+        sync.settle(optimizer)  # one model on every rank before evaluating and checkpointing
         seconds = time.perf_counter() - started
         entry = {"epoch": epoch + 1, "train_cost": train_cost, "seconds": seconds,
                  "samples_per_s": (step - first) * shard.batch_size * ctx.size / seconds}

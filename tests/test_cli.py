@@ -50,4 +50,4 @@ def test_bad_input_on_two_ranks_prints_once(tmp_path):
 def test_hvdl_command_lists_subcommands():
     """Test that `hvdl` with an unknown subcommand names the allowed ones and exits 2."""
     proc = run_cli("-m", "hvdl", "frobnicate")
-    assert proc.returncode == 2 and "allowed: train, eval, fetch, bench" in proc.stderr
+    assert proc.returncode == 2 and "allowed: train, eval, fetch, report, bench" in proc.stderr
