@@ -51,3 +51,15 @@ def test_hvdl_command_lists_subcommands():
     """Test that `hvdl` with an unknown subcommand names the allowed ones and exits 2."""
     proc = run_cli("-m", "hvdl", "frobnicate")
     assert proc.returncode == 2 and "allowed: train, eval, fetch, report, bench" in proc.stderr
+
+
+def test_launcher_with_more_tasks_than_horovod_sees_is_an_error(tmp_path):
+    """Test that srun announcing 2 tasks to a Horovod of size 1 fails with the reason."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvdl.train", "--results_dir", str(tmp_path)], cwd=ROOT,
+        env=job_env(SLURM_NTASKS="2", SLURM_STEP_ID="0", SLURM_PROCID="0"),
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "SLURM_NTASKS=2" in line and "Horovod sees one" in line and "--mpi=pmix" in line
+    assert not any(tmp_path.iterdir())
