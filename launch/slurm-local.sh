@@ -48,22 +48,25 @@ fi
 [[ ${1:-start} == start ]] || fail 2 "unknown command '$1' (use: start | stop)"
 
 # --- Slurm itself ---------------------------------------------------------------------------
+up() { sinfo -h -n localhost -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)$'; }
+if [[ $(id -u) != 0 ]]; then
+    # Not root: fine if the cluster is already up (someone else started it), else nothing to do.
+    if command -v sinfo >/dev/null && up; then
+        echo "slurm-local: up (not started here), node localhost $(sinfo -h -n localhost -o %T)"
+        exit 0
+    fi
+    command -v sbatch >/dev/null || fail 2 "Slurm is not installed and installing it needs root"
+    fail 2 "the local cluster is not running and starting it needs root"
+fi
+export PATH=$PATH:/usr/sbin:/sbin  # where the daemons live
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
         || ! command -v sbatch >/dev/null; then
-    [[ $(id -u) == 0 ]] || fail 2 "Slurm is not installed and installing it needs root"
     command -v apt-get >/dev/null || fail 2 "Slurm is not installed and there is no apt-get"
     echo "slurm-local: installing slurmctld slurmd slurm-client with apt-get" >&2
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        slurmctld slurmd slurm-client >/dev/null
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends slurmctld slurmd slurm-client; } >/dev/null \
+        || fail 1 "apt-get could not install slurmctld slurmd slurm-client"
 fi
-[[ $(id -u) == 0 ]] || {
-    # Not root: fine if the cluster is already up (someone else started it), else nothing to do.
-    sinfo -h -n localhost -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)' \
-        || fail 2 "the local cluster is not running and starting it needs root"
-    echo "slurm-local: up (started by someone else), node localhost $(sinfo -h -o %T -n localhost)"
-    exit 0
-}
 
 # --- the configuration ----------------------------------------------------------------------
 # `slurmd -C` prints this machine as a node line; a RealMemory above what slurmd measures would
@@ -97,6 +100,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 KillWait=10
 InactiveLimit=60
+EnforcePartLimits=ALL
 NodeName=localhost CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF

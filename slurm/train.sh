@@ -7,7 +7,9 @@
 #
 # Arguments go to `python -m hvdl.train` unchanged; sbatch options before the script name
 # override the #SBATCH lines. On a GPU cluster remove one '#' from the --gpus-per-node line (or
-# pass it to sbatch) so each of the 4 tasks gets its GPU. See slurm/README.md for sizing.
+# pass it to sbatch) so each of the 4 tasks gets its GPU. Slurm does not create the output
+# folder, and a job without it fails silently: `mkdir -p results/slurm` once. Sizing, multi-node
+# runs and site set-up: slurm/README.md.
 #
 # Time limits: two minutes before the limit Slurm sends SIGUSR1 to this shell, which passes it
 # to the tasks (srun forwards USR1 as is; a TERM would make srun kill them), waits for them to
@@ -30,7 +32,7 @@
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 #SBATCH --open-mode=append
-set -o pipefail  # no -e: the tasks' exit status is collected below; no -u: site module files
+set -o pipefail  # not -e: the tasks' exit status is read below; not -u: module files trip it
 
 cd "$SLURM_SUBMIT_DIR" || exit 1
 if [[ -n ${HVDL_ENV:-} ]]; then
@@ -39,8 +41,8 @@ elif [[ -f ${HVDL_VENV:-.venv}/bin/activate ]]; then
     source "${HVDL_VENV:-.venv}/bin/activate"
 fi
 
-# hvdl sets torch's threads from SLURM_CPUS_PER_TASK; OpenMP and srun need telling (Slurm
-# 22.05 and later do not pass the job's --cpus-per-task on to srun by themselves).
+# hvdl sets torch's threads from SLURM_CPUS_PER_TASK; OpenMP and srun need telling (srun of
+# Slurm 22.05 does not inherit the job's --cpus-per-task; SRUN_CPUS_PER_TASK passes it on).
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 export SRUN_CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}
 
