@@ -190,29 +190,33 @@ JOB_SETTINGS = [("bernoulli-bernoulli-k1", "bernoulli", "bernoulli", False),
 
 @pytest.fixture(scope="module")
 def step_runs(tmp_path_factory):
-    """The rank outputs of tests/jobs/rbm_step.py run with horovodrun -np 1 and -np 2."""
+    """Rank outputs of tests/jobs/rbm_step.py under horovodrun -np 1 and -np 2, per sync mode."""
     runs = {}
-    for n in (1, 2):
-        out = tmp_path_factory.mktemp(f"rbm_step_np{n}")
-        check_job(n, [str(ROOT / "tests" / "jobs" / "rbm_step.py"), str(out)], launcher="gloo")
-        runs[n] = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(n)]
+    for mode in ("fused", "hooks"):
+        for n in (1, 2):
+            out = tmp_path_factory.mktemp(f"rbm_step_{mode}_np{n}")
+            check_job(n, [str(ROOT / "tests" / "jobs" / "rbm_step.py"), str(out), mode],
+                      launcher="gloo")
+            runs[mode, n] = [torch.load(out / f"rank{r}.pt", weights_only=True)
+                             for r in range(n)]
     return runs
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fused", "hooks"])
 @pytest.mark.parametrize("name,visible,hidden,persistent", JOB_SETTINGS)
 def test_cd_updates_on_two_ranks_equal_one_process_on_the_global_batch(
-        step_runs, name, visible, hidden, persistent):
+        step_runs, mode, name, visible, hidden, persistent):
     """Test that CD-k updates with -np 2 equal -np 1 and Hinton's NumPy update within 1e-6."""
-    one = step_runs[1][0]
-    assert [r["size"] for r in step_runs[2]] == [2, 2]
+    one = step_runs[mode, 1][0]
+    assert [r["size"] for r in step_runs[mode, 2]] == [2, 2]
     expected = hinton_updates(one, name, visible, hidden, persistent)
     for s, params_s in enumerate(expected):
         for param, want in zip(("W", "b_vis", "b_hid"), params_s):
             key = f"{name}.step{s}.{param}"
             assert not np.allclose(want, one[f"{name}.initial.{param}"].numpy())
             np.testing.assert_allclose(one[key].numpy(), want, atol=1e-6, rtol=0, err_msg=key)
-            for rank in step_runs[2]:
+            for rank in step_runs[mode, 2]:
                 np.testing.assert_allclose(rank[key].numpy(), one[key].numpy(), atol=1e-6,
                                            rtol=0, err_msg=key)
 
@@ -220,13 +224,13 @@ def test_cd_updates_on_two_ranks_equal_one_process_on_the_global_batch(
 @pytest.mark.slow
 def test_distributed_pca_equals_single_process_and_numpy(step_runs):
     """Test that PCA fitted and evaluated over 2 ranks equals 1 process and a NumPy SVD."""
-    one = step_runs[1][0]
+    one = step_runs["fused", 1][0]
     x, held = one["pca.x"].double().numpy(), one["pca.held"].double().numpy()
     mean = x.mean(0)
     v = np.linalg.svd(x - mean, full_matrices=False)[2][:3].T
     expected = (((held - mean) - (held - mean) @ v @ v.T) ** 2).sum(1).mean()
     np.testing.assert_allclose(float(one["pca.squared_error"]), expected, rtol=1e-6)
-    for rank in step_runs[2]:
+    for rank in step_runs["fused", 2]:
         for key in ("pca.mean", "pca.variances", "pca.projector", "pca.squared_error"):
             np.testing.assert_allclose(rank[key].numpy(), one[key].numpy(), atol=1e-9,
                                        err_msg=key)

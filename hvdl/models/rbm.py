@@ -1,4 +1,4 @@
-"""Restricted Boltzmann machines, the DBN classifier built on a stack of them, and the deep autoencoder.
+"""Restricted Boltzmann machines, the DBN classifier on a stack of them, the deep autoencoder.
 
     python -m hvdl.train --model rbm_mnist                       # one RBM 784-500, CD-1
     horovodrun -np 2 python -m hvdl.train --model dbn_mnist      # 784-500-500-2000-10
@@ -28,10 +28,15 @@ with mean-field visible units v^i = E[v | h^{i−1}] and sampled h^i, as in Hint
 
 where p^i = E[h | v^i]. Persistent CD starts the negative chain from the previous update's hᵏ
 instead of h⁰. `contrastive_divergence` writes minus these estimates into each parameter's
-`.grad`, so an SGD step (with momentum and weight cost) climbs the likelihood, and Horovod's
-distributed optimizer averages the per-rank statistics exactly as one process on the global batch.
+`.grad`, so an SGD step (with momentum and weight cost) climbs the likelihood, and the
+data-parallel optimizer's Horovod allreduce averages the per-rank statistics exactly as one
+process on the global batch.
 
-Result on this project's machine (2-core CPU, -np 2): see results/rbm/README.md.
+Result on this project's machine (a shared 2-core CPU, no GPU, horovodrun -np 2, 2026-11-20),
+with short schedules: the DBN reaches 1.69% MNIST test error after 4 CD-1 epochs per RBM and 12
+backprop epochs (8.5 min; target 1.2%); the deep autoencoder 3.99 average squared test
+reconstruction error per image after 4 + 8 epochs (11.7 min; target 3.00, PCA 13.87 both in the
+paper and here). Details and commands: results/rbm/README.md.
 """
 
 from __future__ import annotations

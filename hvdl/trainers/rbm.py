@@ -12,8 +12,9 @@ backprop (`finetune`, engine.fit), for `deep_ae` the stack is unrolled into an a
 fine-tuned on cross-entropy, and 30-component PCA is computed as the baseline.
 
 One CD update: every rank computes the positive and negative statistics of its own batch and
-writes them as `.grad`; Horovod's distributed optimizer averages them over ranks, and SGD applies
-momentum and the weight cost (on W only), so N ranks step as one process on the global batch.
+writes them as `.grad`; the data-parallel optimizer (`sync.wrap`: a Horovod allreduce) averages
+them over ranks, and SGD applies momentum and the weight cost (on W only), so N ranks step as one
+process on the global batch.
 Monitors per epoch: training reconstruction error (Hinton's, with sampled h), and the mean-field
 reconstruction error and mean free energy of a training slice and of the held-out test split.
 Reference and measured results: hvdl/models/rbm.py, results/rbm/README.md.
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from hvdl import dist, engine, metrics, viz
+from hvdl import dist, engine, metrics, sync, viz
 from hvdl import config as configlib
 from hvdl.config import Config
 from hvdl.data.loading import mnist_shards
@@ -75,11 +76,11 @@ def patch_shards(config: Config, ctx: Context) -> tuple[DeviceShard, DeviceShard
         return dist.allreduce_sum(tensor, name="patches.sum")
 
     p = config.patches
-    draws = [torch.from_numpy(sample_patches(
+    draws = ((config.seed, p.count), (config.seed + 1, max(ctx.size, p.count // 10)))
+    train, held = (torch.from_numpy(sample_patches(  # (k, size²) each, in [0.1, 0.9]
         p.source, count=count, size=p.size, seed=seed, rank=ctx.rank, ranks=ctx.size,
         zca_epsilon=p.zca_epsilon if p.zca else None, reduce_sum=reduce_sum))
-        for seed, count in ((config.seed, p.count), (config.seed + 1, max(ctx.size, p.count // 10)))]
-    train, held = draws  # (k, size²) each, in [0.1, 0.9]
+        for seed, count in draws)
     if config.rbm.visible == "gaussian":
         moments = reduce_sum(torch.stack([train.double().sum(0), train.double().pow(2).sum(0),
                                           torch.full((train.shape[1],), float(len(train)))]))
@@ -92,14 +93,11 @@ def patch_shards(config: Config, ctx: Context) -> tuple[DeviceShard, DeviceShard
             DeviceShard(held.float().to(ctx.device), None, batch_size=CHUNK, shuffle=False))
 
 
-def stack_sizes(config: Config) -> tuple[int, ...]:
-    """Unit counts of the RBM stack: a DBN's last entry is the softmax, not an RBM."""
-    return config.layers[:-1] if config.family == "dbn" else config.layers
-
-
 def build_stack(config: Config, ctx: Context) -> list[RBM]:
-    generator = torch.Generator().manual_seed(config.seed)  # the same on every rank
-    rbms = rbm_models.make_stack(stack_sizes(config), visible=config.rbm.visible,
+    """The RBMs, the same on every rank; a DBN's last layer is the softmax, not an RBM."""
+    sizes = config.layers[:-1] if config.family == "dbn" else config.layers
+    generator = torch.Generator().manual_seed(config.seed)
+    rbms = rbm_models.make_stack(sizes, visible=config.rbm.visible,
                                  top_hidden=config.rbm.code_units, generator=generator)
     return [rbm.to(ctx.device) for rbm in rbms]
 
@@ -126,7 +124,7 @@ def rbm_optimizer(rbm: RBM, lr: float, config: Config) -> torch.optim.Optimizer:
     groups = [{"params": [rbm.W], "weight_decay": config.rbm.weight_cost},
               {"params": [rbm.b_vis, rbm.b_hid], "weight_decay": 0.0}]
     base = torch.optim.SGD(groups, lr=lr, momentum=config.rbm.initial_momentum)
-    return dist.distributed_optimizer(base, rbm, fp16_compression=config.perf.fp16_compression)
+    return sync.wrap(base, rbm, config)  # averages the CD statistics (or the parameters)
 
 
 def train_rbm(stack: list[RBM], shard: DeviceShard, held_out: DeviceShard, name: str,
@@ -158,18 +156,25 @@ def train_rbm(stack: list[RBM], shard: DeviceShard, held_out: DeviceShard, name:
         recon, step, chain = cd_epoch(rbm, optimizer, shard, schedule, generator, chain,
                                       epoch=epoch, step=step, name=name, config=config,
                                       run=run, show=show)
-        entry = {"epoch": epoch + 1, "seconds": time.perf_counter() - started,
-                 "momentum": momentum, "train_recon": recon, **monitor(rbm, shard, held_out, name)}
-        history.append(entry)
-        run.scalars({k: v for k, v in entry.items() if k != "epoch"}, step, prefix=f"{name}/")
-        run.print(f"{name} epoch {epoch + 1}: recon {recon:.3f}, held-out recon "
-                  f"{entry['heldout_recon']:.3f}, free energy train {entry['train_free_energy']:.2f}"
-                  f" / held-out {entry['heldout_free_energy']:.2f}, {entry['seconds']:.1f} s")
-        run.record(**{name: history})
+        sync.settle(optimizer)  # one RBM on every rank before monitoring
+        history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - started,
+                        "momentum": momentum, "train_recon": recon,
+                        **monitor(rbm, shard, held_out, name)})
+        log_epoch(name, history, step, run)
         if config.max_steps and step >= config.max_steps:
             break
     show(step)
     return history[-1] if history else {}
+
+
+def log_epoch(name: str, history: list[dict[str, Any]], step: int, run: RunLog) -> None:
+    """The last epoch's monitors to TensorBoard (prefix `<name>/`), console and metrics.json."""
+    entry = history[-1]
+    run.scalars({k: v for k, v in entry.items() if k != "epoch"}, step, prefix=f"{name}/")
+    run.print(f"{name} epoch {entry['epoch']}: recon {entry['train_recon']:.3f}, held-out recon "
+              f"{entry['heldout_recon']:.3f}, free energy train {entry['train_free_energy']:.2f}"
+              f" / held-out {entry['heldout_free_energy']:.2f}, {entry['seconds']:.1f} s")
+    run.record(**{name: history})
 
 
 def cd_epoch(rbm: RBM, optimizer: torch.optim.Optimizer, shard: DeviceShard,
@@ -204,12 +209,9 @@ def cd_epoch(rbm: RBM, optimizer: torch.optim.Optimizer, shard: DeviceShard,
 
 @torch.no_grad()
 def monitor(rbm: RBM, shard: DeviceShard, held_out: DeviceShard, name: str) -> dict[str, float]:
-    """Mean-field reconstruction error and mean free energy of training and held-out data.
-
-    The training slice is as large as the held-out shard; a growing gap between the two free
-    energies is the overfitting signal of Hinton's practical guide. Sums and counts are
-    allreduced, so the figures equal one process's on the same examples.
-    """
+    """Mean-field reconstruction error and mean free energy of a training slice (as large as
+    the held-out shard) and of held-out data; a growing free-energy gap signals overfitting
+    (Hinton's practical guide). Sums and counts are allreduced: one process's figures."""
     sums = []
     for data in (shard.x[:len(held_out)], held_out.x):
         recon = torch.zeros((), dtype=torch.float64, device=data.device)
@@ -241,7 +243,9 @@ def filter_picture(stack: list[RBM]) -> Any:
     weights = stack[0].W
     for rbm in stack[1:]:
         weights = weights @ rbm.W  # (n_vis, n_hid of this layer)
-    return viz.filter_grid(weights.T[:MAX_FILTERS].cpu().numpy())
+    filters = weights.T[:MAX_FILTERS].cpu().numpy()  # (n_filters, n_vis)
+    side = viz.filter_grid(filters).shape[1]
+    return viz.filter_grid(filters, scale=viz.display_scale(side))  # small patches enlarged
 
 
 def save_stage(run: RunLog, name: str, model: torch.nn.Module, config: Config) -> None:

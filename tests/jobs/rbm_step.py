@@ -1,12 +1,13 @@
 """A few CD-k updates and a PCA on one fixed global batch, on however many ranks are launched.
 
-    horovodrun --gloo -np 2 python tests/jobs/rbm_step.py OUT_DIR
+    horovodrun --gloo -np 2 python tests/jobs/rbm_step.py OUT_DIR [fused|hooks]
 
 Every rank draws the same global data and sampling noise from seeded generators and keeps its
 own contiguous slice, so a job of any size sees exactly the examples and noise of one process.
 The updates go through the trainer's own optimizer (SGD + momentum + weight cost on W, wrapped by
-Horovod's distributed optimizer). Each rank writes OUT_DIR/rank<r>.pt: for every unit setting the
-initial parameters, data, noise and the parameters after each update, plus the PCA figures.
+`sync.wrap`: one fused allreduce, or Horovod's DistributedOptimizer with `hooks`). Each rank
+writes OUT_DIR/rank<r>.pt: for every unit setting the initial parameters, data, noise and the
+parameters after each update, plus the PCA figures.
 tests/test_rbm.py compares -np 1 with -np 2 and with a NumPy reference of Hinton's update.
 """
 
@@ -32,7 +33,7 @@ SETTINGS = [("bernoulli", "bernoulli", 1, False), ("bernoulli", "bernoulli", 2, 
             ("gaussian", "linear", 1, False)]
 
 
-def run_setting(visible: str, hidden: str, k: int, persistent: bool,
+def run_setting(visible: str, hidden: str, k: int, persistent: bool, grad_sync: str,
                 ctx: dist.Context) -> dict[str, torch.Tensor]:
     """STEPS updates of one RBM on this rank's slices of the global batches and noise."""
     torch.manual_seed(0)
@@ -44,7 +45,7 @@ def run_setting(visible: str, hidden: str, k: int, persistent: bool,
     data = torch.rand(STEPS, GLOBAL_BATCH, N_VIS, generator=gen)  # (S, G, n_vis)
     noise = torch.stack([rbm.draw_noise(k, GLOBAL_BATCH, gen) for _ in range(STEPS)])
     config = configlib.build({"family": "rbm", "layers": (N_VIS, N_HID),
-                              "rbm.weight_cost": WEIGHT_COST})
+                              "rbm.weight_cost": WEIGHT_COST, "perf.grad_sync": grad_sync})
     optimizer = rbm_optimizer(rbm, LR, config)
     # Parameters only: a fresh SGD has no state, and Horovod's optimizer-state broadcast would
     # initialise it with a zero-gradient step that applies the weight cost once.
@@ -77,13 +78,14 @@ def run_pca(ctx: dist.Context) -> dict[str, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out_dir = Path((sys.argv[1:] if argv is None else argv)[0])
+    args = sys.argv[1:] if argv is None else argv
+    out_dir, grad_sync = Path(args[0]), (args[1] if len(args) > 1 else "fused")
     ctx = dist.init(threads=1)
     results = {"size": ctx.size, **run_pca(ctx)}
     for visible, hidden, k, persistent in SETTINGS:
         name = f"{visible}-{hidden}-k{k}{'-pcd' if persistent else ''}"
         results.update({f"{name}.{key}": value for key, value in
-                        run_setting(visible, hidden, k, persistent, ctx).items()})
+                        run_setting(visible, hidden, k, persistent, grad_sync, ctx).items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(results, out_dir / f"rank{ctx.rank}.pt")
     dist.shutdown()
