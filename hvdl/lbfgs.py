@@ -21,7 +21,8 @@ so chunking costs one evaluation per chunk at most.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -70,13 +71,16 @@ def minimize(params: Sequence[torch.Tensor], objective: Objective, *, iterations
         wanted = min(chunk, iterations - done)
         group = optimizer.param_groups[0]
         group["max_iter"] = wanted
-        group["max_eval"] = math.ceil(2.5 * wanted)  # minFunc's default ratio (1000 for 400)
+        # minFunc's ratio (1000 evaluations for 400 iterations), room for one line search
+        group["max_eval"] = max(math.ceil(2.5 * wanted), wanted + 25)
+        state = optimizer.state[params[0]]
+        evals_before = state.get("func_evals", 0)
         optimizer.step(closure)
-        now = optimizer.state[params[0]].get("n_iter", 0)
+        now, used = state["n_iter"], state["func_evals"] - evals_before
         cost = float(closure())  # at the accepted point; the next chunk starts from the cache
         if on_chunk is not None:
             on_chunk(now, cost)
-        converged = now - done < wanted
+        converged = now - done < wanted and used < group["max_eval"]
         done = now
         if converged:
             break

@@ -32,8 +32,8 @@ covariance summed over all ranks), and the clip and rescale follow it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

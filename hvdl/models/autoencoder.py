@@ -20,14 +20,18 @@ backpropagates the surrogate `Σ‖x̂ − x‖²/2m + Σ_ij c_j a2_ij / m + (λ
 examples: these shares summed over ranks are exactly ∇J (autograd cannot differentiate through an
 allreduce, and does not need to). `reduce_sum` is the identity in one process.
 
-Results on this project's machine (2-core CPU, -np 2): see results/autoencoders/README.md.
+Results on this project's machine (2-core CPU, horovodrun -np 2, results/autoencoders/README.md):
+64-25 on 10,000 scikit-image patches, 400 L-BFGS iterations in 36 s: oriented edge and bar
+detectors, reconstruction term 0.296 against 0.456 for always predicting the mean patch (UFLDL's
+IMAGES.mat: 0.359 against 0.516); 784-196 on 10,000 digits: pen strokes; the 784-200-200-10 stack:
+89.9% test accuracy before fine-tuning, 98.32% after (UFLDL: 87.7% and 97.6%).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -7,10 +7,11 @@
 With `optimizer = "lbfgs"` every rank evaluates J and ∇J on its shard, the sums are reduced over
 ranks, and every rank takes the same full-batch L-BFGS step (hvdl/lbfgs.py); at the end a
 checksum of the parameters gathered from every rank confirms they are identical, and the check is
-recorded in metrics.json. With "sgd" or "adam" the minibatches go through Horovod's distributed
-optimizer (hvdl/engine.py), ρ̂ taken over the global minibatch. A stack is pretrained greedily,
-layer by layer on the previous layer's hidden activations, then a softmax classifier is trained on
-the top features, and the whole stack is fine-tuned (`sae.finetune_optimizer`).
+recorded in metrics.json. With "sgd" or "adam" the minibatches go through the engine
+(hvdl/engine.py), which averages gradients over ranks by allreduce, with ρ̂ taken over the
+global minibatch. A stack is pretrained greedily, layer by layer on the previous layer's hidden
+activations, then a softmax classifier is trained on the top features, and the whole stack is
+fine-tuned (`sae.finetune_optimizer`).
 
 Reference: the UFLDL exercises (see hvdl/models/autoencoder.py). Results on this project's
 machine: results/autoencoders/README.md.
@@ -22,7 +23,8 @@ import dataclasses
 import hashlib
 import itertools
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,11 @@ from hvdl.viz import display_scale, filter_grid
 
 MNIST_SHAPE = (28, 28)
 FINETUNE_OPTIMIZERS = ("lbfgs", "sgd", "adam")
+RESUMES = False  # train() takes no checkpoint: `--resume auto` (a Slurm requeue) starts afresh
+
+
+def dtype(config: Config) -> torch.dtype:
+    return torch.float64 if config.sae.float64 else torch.float32
 
 
 def make_reduce(ctx: Context, name: str) -> ae.Reduce:
@@ -76,7 +83,7 @@ def minibatch_shard(x: torch.Tensor, y: torch.Tensor | None, total: int, config:
                        seed=config.seed + 1000 * ctx.rank)
 
 
-# --- one sparse autoencoder -----------------------------------------------------------------------
+# --- one sparse autoencoder ---------------------------------------------------------------------
 
 def lbfgs_sparse(model: ae.SparseAutoencoder, x: torch.Tensor, config: Config, ctx: Context,
                  run: RunLog, name: str, shape: tuple[int, int] | None) -> dict[str, Any]:
@@ -160,11 +167,11 @@ def sparse_data(config: Config, ctx: Context) -> tuple[torch.Tensor, int, tuple[
                                    rank=ctx.rank, ranks=ctx.size,
                                    zca_epsilon=p.zca_epsilon if p.zca else None,
                                    reduce_sum=make_reduce(ctx, "patches.stats"))
-        return torch.as_tensor(x).to(ctx.device), p.count, (p.size, p.size)
+        return torch.as_tensor(x, dtype=dtype(config)).to(ctx.device), p.count, (p.size, p.size)
     images, _ = loading.mnist_arrays(config, ctx, "train")
     pixels = loading.mnist_pixels(images, flatten=True, standardize=False)  # (N, 784) in [0, 1]
     shard = loading.device_shard(pixels, None, config, ctx, train=False)
-    return shard.x, len(pixels), MNIST_SHAPE
+    return shard.x.to(dtype(config)), len(pixels), MNIST_SHAPE
 
 
 def train_sae(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
@@ -174,7 +181,7 @@ def train_sae(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
         raise ConfigError(f"config key 'layers' starts with {config.layers[0]} inputs, the "
                           f"{config.dataset} examples have {x.shape[1]}; allowed: {x.shape[1]}")
     model = ae.SparseAutoencoder(n_visible=config.layers[0], n_hidden=config.layers[1],
-                                 seed=config.seed).to(ctx.device)
+                                 seed=config.seed, dtype=dtype(config)).to(ctx.device)
     report = train_sparse(model, x, total, config, ctx, run, "sae", shape)
     report["mean_predictor_reconstruction"] = ae.mean_predictor_error(
         x, make_reduce(ctx, "sae.mean"))
@@ -184,7 +191,7 @@ def train_sae(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
     return report
 
 
-# --- the stacked autoencoder classifier -------------------------------------------------------------
+# --- the stacked autoencoder classifier ---------------------------------------------------------
 
 def classifier_objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list,
                          decayed: list, lam: float, reduce: ae.Reduce) -> lbfgs.Objective:
@@ -219,9 +226,9 @@ def train_classifier(net: nn.Module, shard: DeviceShard, x: torch.Tensor, total:
         stage = engine.Stage(name=name, model=net, loss=loss, epochs=iterations, lr=config.lr,
                              evaluate=evaluate)
         batches = minibatch_shard(x, shard.y, total, config, ctx)
-        report = engine.fit(stage, batches, dataclasses.replace(config, optimizer=optimizer),
-                            ctx, run)
-        report.pop("test", None)
+        final = engine.fit(stage, batches, dataclasses.replace(config, optimizer=optimizer),
+                           ctx, run)
+        report = {k: v for k, v in final.items() if k != "test"}  # final is in the history
     return {**report, "seconds": time.perf_counter() - started,
             "parameters": parameters_agree(net, ctx, f"{name}.agree")}
 
@@ -232,7 +239,7 @@ def pretrain(x: torch.Tensor, total: int, config: Config, ctx: Context,
     encoders, reports = [], []
     for i, n_hidden in enumerate(config.layers[1:-1]):
         model = ae.SparseAutoencoder(n_visible=x.shape[1], n_hidden=n_hidden,
-                                     seed=config.seed + i).to(ctx.device)
+                                     seed=config.seed + i, dtype=x.dtype).to(ctx.device)
         shape = MNIST_SHAPE if i == 0 else None
         reports.append(train_sparse(model, x, total, config, ctx, run, f"layer{i + 1}", shape))
         with torch.no_grad():
@@ -241,26 +248,34 @@ def pretrain(x: torch.Tensor, total: int, config: Config, ctx: Context,
     return encoders, x, reports
 
 
-def train_stacked(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
-    """Pretrain, train the softmax on the top features, fine-tune the stack; test before/after."""
+def check_stacked(config: Config) -> None:
     if config.dataset != "mnist" or len(config.layers) < 3:
         raise ConfigError("family 'stacked_ae' needs dataset 'mnist' and layers "
                           f"[784, hidden..., 10], got {config.dataset!r} {config.layers}")
     if config.sae.finetune_optimizer not in FINETUNE_OPTIMIZERS:
         raise ConfigError(f"config key 'sae.finetune_optimizer' is "
                           f"{config.sae.finetune_optimizer!r}; allowed: lbfgs, sgd, adam")
+
+
+def train_stacked(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
+    """Pretrain, train the softmax on the top features, fine-tune the stack; test before/after."""
+    check_stacked(config)
+    started = time.perf_counter()
     train, test = loading.mnist_shards(config, ctx, flatten=True, standardize=False)
+    train.x, test.x = train.x.to(dtype(config)), test.x.to(dtype(config))
     total = config.train_size or 60000
     encoders, features, layers = pretrain(train.x, total, config, ctx, run)
-    softmax = ae.softmax_layer(features.shape[1], config.layers[-1],
-                               seed=config.seed).to(ctx.device)
+    softmax = ae.softmax_layer(features.shape[1], config.layers[-1], seed=config.seed,
+                               dtype=dtype(config)).to(ctx.device)
     softmax_report = train_classifier(
         softmax, train, features, total, config, ctx, run, name="softmax",
         optimizer=config.optimizer, iterations=config.sae.lbfgs_iterations
         if config.optimizer == "lbfgs" else config.epochs)
     net = ae.stack(encoders, softmax)
+
     def evaluate(tag: str) -> dict[str, Any]:
         return metrics.evaluate_classifier(net, test.batches(0), config.layers[-1], name=tag)
+
     before = evaluate("test.before")
     run.print(f"before fine-tuning: test accuracy {100 * before['accuracy']:.2f}%")
     finetune = train_classifier(
@@ -275,7 +290,8 @@ def train_stacked(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
                test_before_finetune=before, test_after_finetune=after)
     return {"accuracy_before_finetune": before["accuracy"], "accuracy": after["accuracy"],
             "macro_f1": after["macro_f1"], "error": after["error"],
-            "parameters_identical": finetune["parameters"]["identical"]}
+            "parameters_identical": finetune["parameters"]["identical"],
+            "seconds": time.perf_counter() - started}
 
 
 def train(config: Config, ctx: Context, run: RunLog,

@@ -1,4 +1,4 @@
-"""Sparse autoencoder cost and gradient, and patch normalisation, on however many ranks are launched.
+"""Sparse autoencoder cost and gradient, and patch normalisation, on however many ranks run.
 
     horovodrun --gloo -np 2 python tests/jobs/sae_grad.py OUT_DIR
 
