@@ -271,9 +271,9 @@ def test_stacked_autoencoder_config_errors_name_the_key(overrides, message):
     from hvdl import config as configlib
     from hvdl.trainers.autoencoder import check_stacked
 
-    config = configlib.load("stacked_ae_mnist", [f"--{k}={v}" for k, v in overrides.items()])
-    with pytest.raises(configlib.ConfigError, match=message):
-        check_stacked(config)
+    with pytest.raises(configlib.ConfigError, match=message):  # at load or at the stack check
+        check_stacked(configlib.load("stacked_ae_mnist",
+                                     [f"--{k}={v}" for k, v in overrides.items()]))
 
 
 # --- real Horovod jobs ----------------------------------------------------------------------------
