@@ -2,9 +2,10 @@
 
 A checkpoint is a dict of tensors and plain values, never pickled modules:
 `{"model": state_dict, "optimizer": state_dict, "config": to_dict(config), "stage": str,
-"epoch": int, "step": int, "rng": {...}, **extra}`. It is written to a temporary file in the same
-folder, flushed to disk, then renamed over its final name, so a crash never leaves half a file
-under a checkpoint's name; only the newest `keep` are kept.
+"epoch": int, "batch": int, "step": int, "rng": [{...} per rank], **extra}`, where `epoch` counts
+whole epochs done and `batch` the batches done of the next (hvdl/engine.py writes them). It is
+written to a temporary file in the same folder, flushed to disk, then renamed over its final name,
+so a crash never leaves half a file under a checkpoint's name; only the newest `keep` are kept.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def latest(run_dir: Path) -> Path | None:
 def load(path: Path, config: Config | None = None) -> dict[str, Any]:
     """Read a checkpoint; with `config`, check that it belongs to the same model."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist; allowed: a file "
+                              "<run>/checkpoints/step-N.pt, or --resume auto")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files

@@ -36,6 +36,7 @@ class SAEConfig:
     softmax_lam: float = 1e-4  # weight decay of the softmax classifier on top of a stack
     finetune_iterations: int = 400  # fine-tuning iterations (L-BFGS) or epochs (minibatch)
     finetune_optimizer: str = "lbfgs"  # lbfgs | sgd | adam (minibatch: lr, schedule, batch_size)
+    float64: bool = False  # float64 weights and data, as UFLDL's MATLAB: L-BFGS goes further
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,13 @@ class PerfConfig:
 
     sync: str = "allreduce"  # allreduce (gradients every step) | average (parameters every k steps)
     sync_every: int = 1  # k, local steps between parameter averages (sync = "average")
+    grad_sync: str = "fused"  # fused (one flat allreduce a step) | hooks (hvd.DistributedOptimizer)
     fp16_compression: bool = False  # compress gradients to fp16 for the allreduce
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
     fusion_threshold_mb: int = 64  # Horovod tensor fusion buffer (HOROVOD_FUSION_THRESHOLD)
     cycle_time_ms: float = 1.0  # Horovod background cycle (HOROVOD_CYCLE_TIME)
     timeline: bool = False  # write Horovod's timeline into the run folder
-    bf16: bool = False  # bf16 autocast on GPU
+    bf16: bool = False  # bf16 autocast of forward and loss (GPU; also runs on CPU)
     compile: bool = False  # torch.compile the model
 
 
@@ -111,6 +113,9 @@ class Config:
     keep_checkpoints: int = 2  # newest checkpoints kept
     filters_every: int = 0  # steps between filter images (0: end of each stage only)
     resume: str = ""  # "" | "auto" (newest checkpoint of the last run of this recipe) | a path
+    stop_check_every: int = 10  # steps between the ranks' agreement on a SIGTERM/SIGUSR1 stop
+    elastic: bool = False  # Horovod elastic training (horovodrun --min-np/--max-np); family cnn
+    commit_every: int = 20  # steps between elastic in-memory state commits (elastic = true)
     max_steps: int = 0  # stop after this many steps (0: no limit); for smoke tests
     sae: SAEConfig = field(default_factory=SAEConfig)
     rbm: RBMConfig = field(default_factory=RBMConfig)
@@ -119,6 +124,7 @@ class Config:
 
 
 FAMILIES = ("cnn", "sae", "stacked_ae", "rbm", "dbn", "deep_ae")
+ELASTIC_FAMILIES = ("cnn",)  # families whose trainer runs hvdl/elastic.py when elastic = true
 SECTIONS = {"sae": SAEConfig, "rbm": RBMConfig, "patches": PatchConfig, "perf": PerfConfig}
 
 # Allowed values; each entry: key -> (test, what is allowed).
@@ -131,11 +137,14 @@ _CHOICES = {
     "rbm.visible": ("bernoulli", "gaussian"),
     "rbm.code_units": ("bernoulli", "linear"),
     "perf.sync": ("allreduce", "average"),
+    "sae.finetune_optimizer": ("lbfgs", "sgd", "adam"),
+    "perf.grad_sync": ("fused", "hooks"),
 }
-_POSITIVE = {"batch_size", "lr", "log_every", "keep_checkpoints", "sae.lbfgs_iterations",
-             "sae.lbfgs_history", "rbm.cd_k", "rbm.pretrain_lr", "rbm.code_lr", "rbm.finetune_lr",
-             "patches.size", "patches.count", "perf.sync_every", "perf.backward_passes_per_step",
-             "perf.fusion_threshold_mb", "perf.cycle_time_ms", "patches.zca_epsilon"}
+_POSITIVE = {"batch_size", "lr", "log_every", "keep_checkpoints", "stop_check_every",
+             "commit_every", "sae.lbfgs_iterations", "sae.lbfgs_history", "rbm.cd_k",
+             "rbm.pretrain_lr", "rbm.code_lr", "rbm.finetune_lr", "patches.size", "patches.count",
+             "perf.sync_every", "perf.backward_passes_per_step", "perf.fusion_threshold_mb",
+             "perf.cycle_time_ms", "patches.zca_epsilon"}
 _NON_NEGATIVE = {"epochs", "train_size", "warmup_epochs", "momentum", "weight_decay",
                  "label_smoothing", "threads", "checkpoint_every", "filters_every", "max_steps",
                  "sae.rho", "sae.beta", "sae.lam", "sae.softmax_lam", "sae.finetune_iterations",
@@ -298,6 +307,9 @@ def validate(config: Config) -> None:
     if config.family != "cnn" and len(config.layers) < 2:
         raise ConfigError(f"config key 'layers' needs at least input and one hidden size for "
                           f"family {config.family!r}, got {config.layers}")
+    if config.elastic and config.family not in ELASTIC_FAMILIES:
+        raise ConfigError(f"config key 'elastic' is true for family {config.family!r}; "
+                          f"allowed: elastic training for {', '.join(ELASTIC_FAMILIES)} only")
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -19,8 +19,10 @@ horovodrun's Gloo controller there is no MPI job, so Horovod's own collectives d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -42,7 +44,7 @@ class Context:
     local_size: int
     device: torch.device
     threads: int  # torch intra-op threads on CPU
-    controller: str  # "mpi", "gloo" or "single"
+    controller: str  # "mpi", "gloo", "elastic" (horovodrun --min-np/--max-np) or "single"
 
     @property
     def is_root(self) -> bool:
@@ -78,6 +80,10 @@ def _mpi() -> Any:
     import mpi4py
 
     mpi4py.rc.thread_level = "multiple"  # Horovod's MPI controller calls MPI from its own thread
+    # Horovod's background thread meets the other ranks in an MPI collective every cycle; Open
+    # MPI busy-polls while it waits, taking the core from this rank's training thread unless
+    # told to yield (results/bench/README.md measures it). Read by MPI_Init, at import.
+    os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     from mpi4py import MPI
 
     return MPI
@@ -112,18 +118,39 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank if local_rank < count else 0)
 
 
+@contextlib.contextmanager
+def main_thread_signals() -> Iterator[None]:
+    """Threads started in the body (Horovod's, MPI's) never receive SIGTERM or SIGUSR1.
+
+    A signal handled in Python may be delivered to any thread; one landing in Horovod's
+    background thread interrupts its socket calls and shuts Horovod down on that rank (seen with
+    Gloo). Threads inherit the signal mask of their creator, so they are created with these
+    signals blocked, and only the main thread, which runs hvdl/preemption.py's handler, gets them.
+    """
+    blocked = {signal.SIGTERM, signal.SIGUSR1}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def init(threads: int | None = None) -> Context:
     """Initialise Horovod (through mpi4py under MPI launchers), pin the device, set threads."""
     environ = dict(os.environ)
     hvd = _hvd()
     controller = "gloo"
     if _uses_mpi(environ):
-        MPI = _mpi()
-        hvd.init(comm=MPI.COMM_WORLD)
+        with main_thread_signals():
+            MPI = _mpi()
+            hvd.init(comm=MPI.COMM_WORLD)
         controller = "mpi"
     else:
-        hvd.init()
-        if hvd.size() == 1 and "HOROVOD_GLOO_RENDEZVOUS_ADDR" not in environ:
+        with main_thread_signals():
+            hvd.init()
+        if environ.get("HOROVOD_ELASTIC") == "1":
+            controller = "elastic"
+        elif hvd.size() == 1 and "HOROVOD_GLOO_RENDEZVOUS_ADDR" not in environ:
             controller = "single"
     expected, var = launcher_size(environ)
     if expected > 1 and hvd.size() == 1:
@@ -144,6 +171,13 @@ def init(threads: int | None = None) -> Context:
 
 def shutdown() -> None:
     _hvd().shutdown()
+
+
+def current(ctx: Context) -> Context:
+    """`ctx` with this process's rank and the world size now (they change in elastic training)."""
+    hvd = _hvd()
+    return dataclasses.replace(ctx, rank=hvd.rank(), size=hvd.size(),
+                               local_rank=hvd.local_rank(), local_size=hvd.local_size())
 
 
 # --- collectives: every rank must call these in the same order ----------------------------------
@@ -173,7 +207,9 @@ def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     """Give every rank rank 0's parameters, buffers and optimizer state."""
     hvd = _hvd()
     hvd.broadcast_parameters(model.state_dict(), root_rank=root)
-    if optimizer is not None:
+    # A fresh optimizer has no state to share, and Horovod would fill it with a zero-gradient
+    # step (which weight decay turns into a real update); resumed ranks all hold the state.
+    if optimizer is not None and optimizer.state_dict()["state"]:
         hvd.broadcast_optimizer_state(optimizer, root_rank=root)
 
 
@@ -189,6 +225,37 @@ def allgather_object(obj: Any, name: str = "gather") -> list[Any]:
 
 def barrier() -> None:
     _hvd().barrier()
+
+
+def world_size() -> int:
+    """Ranks in the running job (Horovod's view; `init` must have run)."""
+    return _hvd().size()
+
+
+def allreduce_mean_(tensor: torch.Tensor, name: str, fp16: bool = False) -> torch.Tensor:
+    """Average `tensor` over ranks in place with one blocking Horovod allreduce.
+
+    `fp16` sends it as float16 (Horovod's fp16 compression: half the bytes, ~3 digits kept).
+    """
+    hvd = _hvd()
+    if fp16 and tensor.dtype != torch.float16:
+        half = tensor.to(torch.float16)
+        hvd.allreduce_(half, op=hvd.Average, name=name)
+        return tensor.copy_(half)
+    return hvd.allreduce_(tensor, op=hvd.Average, name=name)
+
+
+def start_timeline(path: str | os.PathLike | None) -> None:
+    """Start recording Horovod's timeline (chrome://tracing JSON, cycle starts marked) to `path`.
+
+    Every rank calls it; only the coordinator, rank 0, writes the file, so the other ranks may
+    pass None. Horovod allows it after `init` only if HOROVOD_TIMELINE=DYNAMIC was set before.
+    """
+    _hvd().start_timeline(str(path or "horovod_timeline.json"), mark_cycles=True)
+
+
+def stop_timeline() -> None:
+    _hvd().stop_timeline()
 
 
 def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, *,
@@ -221,7 +288,7 @@ def scaled_lr(base_lr: float, size: int, step: int, warmup_steps: int,
 @contextlib.contextmanager
 def local_root_first(ctx: Context) -> Iterator[None]:
     """Run the body on local rank 0 of each node first (e.g. to unpack data), then on the rest."""
-    if ctx.size == 1:
+    if ctx.size == 1 or ctx.controller == "elastic":  # elastic: no collective before the loop
         yield
         return
     if ctx.controller == "mpi":
@@ -248,12 +315,47 @@ def inventory(ctx: Context) -> list[dict[str, Any]]:
         mine["device_name"] = torch.cuda.get_device_name(ctx.device)
     if ctx.controller == "mpi":
         return _mpi().COMM_WORLD.allgather(mine)
-    if ctx.size == 1:
+    if ctx.size == 1 or ctx.controller == "elastic":  # a worker that joins later runs this alone
         return [mine]
     return allgather_object(mine, name="inventory")
+
+
+def all_ranks(flag: bool, name: str) -> bool:
+    """True when `flag` is true on every rank (a collective, so every rank gets the same answer)."""
+    return float(allreduce_sum(torch.tensor([0.0 if flag else 1.0]), name=name)) == 0.0
+
+
+def start_max(value: int, name: str) -> Any:
+    """Start a Max allreduce of one number in the background; `finish_max` waits for it."""
+    hvd = _hvd()
+    return hvd.allreduce_async(torch.tensor([value], dtype=torch.int64), op=hvd.Max, name=name)
+
+
+def finish_max(handle: Any) -> int:
+    """The largest of the ranks' values, once every rank has started the allreduce."""
+    return int(_hvd().synchronize(handle))
 
 
 def check_finite(value: torch.Tensor, name: str = "finite") -> bool:
     """True when `value` is finite on every rank (a collective, so every rank agrees)."""
     bad = torch.tensor([0.0 if math.isfinite(float(value)) else 1.0])
     return float(allreduce_sum(bad, name=name)) == 0.0
+
+
+# --- elastic training (horovodrun --min-np --max-np --host-discovery-script; Gloo) ---------------
+
+def elastic_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, **values: Any) -> Any:
+    """Horovod's TorchState: model, optimizer and `values`, committed in memory, synced on joins."""
+    return _hvd().elastic.TorchState(model=model, optimizer=optimizer, **values)
+
+
+def elastic_run(func: Any) -> Any:
+    """Horovod's `@hvd.elastic.run`: rerun `func(state)` from the last commit after a reset."""
+    from horovod.common.elastic import run_fn
+
+    def reset() -> None:  # Horovod's own reset, with its new threads spared our signals
+        with main_thread_signals():
+            _hvd().shutdown()
+            _hvd().init()
+
+    return run_fn(func, reset)

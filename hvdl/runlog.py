@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -74,9 +75,37 @@ class RunLog:
         if run_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(config.results_dir) / f"{stamp}-{config.recipe}"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        existed = run_dir.is_dir()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / "config.toml", configlib.to_toml(config))
+        except OSError as err:
+            if not existed and run_dir.is_dir():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise configlib.ConfigError(
+                f"results folder {config.results_dir} is not writable ({err.strerror}); allowed: "
+                "a folder this user can create and write (--results_dir)") from None
         self.dir = run_dir
-        write_atomic(run_dir / "config.toml", configlib.to_toml(config))
+        self.metrics = self._read_metrics()
+
+    def _read_metrics(self) -> dict[str, Any]:
+        """metrics.json of a resumed run, so that its history goes on; {} for a new run."""
+        path = self.dir / "metrics.json" if self.dir is not None else None
+        if path is None or not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            return {}
+
+    def hand_over(self, is_root: bool, run_dir: Path) -> None:
+        """Elastic training: the process that is rank 0 now writes `run_dir`, the others stop."""
+        if is_root and not self.is_root:
+            self.is_root, self.dir = True, run_dir
+            self.metrics = self._read_metrics()
+        elif self.is_root and not is_root:
+            self.close()
+            self.is_root, self.dir = False, None
 
     @property
     def writer(self) -> Any:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -60,3 +63,48 @@ def check_job(np: int, args: list[str], launcher: str = "gloo", **kw) -> str:
         f"job failed ({proc.returncode}): {' '.join(proc.args)}\n"
         f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+def start_job(np: int, args: list[str], launcher: str = "gloo", cwd: Path | None = None,
+              **env: str) -> subprocess.Popen:
+    """Start a job in the background (stdout and stderr piped as text); see `launch_command`."""
+    return subprocess.Popen(launch_command(np, args, launcher), cwd=cwd or ROOT,
+                            env=job_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_file(pattern: str, folder: Path, proc: subprocess.Popen, timeout: float) -> Path:
+    """The first file matching `pattern` under `folder`; fails if `proc` ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"job ended ({proc.returncode}) before {pattern} appeared\n"
+                                 f"--- stdout\n{out[-3000:]}\n--- stderr\n{err[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no {pattern} under {folder} after {timeout:.0f} s")
+
+
+def rank_pids(proc: subprocess.Popen, size: int, timeout: float = 60) -> dict[int, int]:
+    """{rank: pid} of the `hvdl` worker processes the launcher `proc` started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = {}
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "hvdl.train" not in child.cmdline() or child.name() == "sh":
+                    continue
+                environ = child.environ()
+            except psutil.Error:
+                continue
+            rank = environ.get("HOROVOD_RANK", environ.get("OMPI_COMM_WORLD_RANK"))
+            if rank is not None:
+                found[int(rank)] = child.pid
+        if len(found) == size:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"did not find {size} ranks under launcher {proc.pid}")

@@ -63,3 +63,94 @@ def test_launcher_with_more_tasks_than_horovod_sees_is_an_error(tmp_path):
     line = proc.stderr.strip().splitlines()[-1]
     assert "SLURM_NTASKS=2" in line and "Horovod sees one" in line and "--mpi=pmix" in line
     assert not any(tmp_path.iterdir())
+
+
+def sae_checkpoint(folder):
+    """A checkpoint written for another model (family sae): what `--resume` must refuse."""
+    import torch
+
+    from hvdl import config as configlib
+
+    path = folder / "sae.pt"
+    torch.save({"model": {"W": torch.zeros(2, 2)}, "stage": "layer1", "epoch": 1, "step": 1,
+                "config": configlib.to_dict(configlib.load("sae_mnist"))}, path)
+    return path
+
+
+def truncated_checkpoint(folder):
+    path = sae_checkpoint(folder)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def corrupt_mnist(folder):
+    """A data folder whose training images file is cut short (the other three are intact)."""
+    data = folder / "data"
+    data.mkdir()
+    source = ROOT / "data" / "mnist"
+    for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        (data / name).symlink_to(source / name)
+    images = (source / "train-images-idx3-ubyte.gz").read_bytes()
+    (data / "train-images-idx3-ubyte.gz").write_bytes(images[:len(images) // 3])
+    return data
+
+
+def a_file(folder):
+    path = folder / "taken"
+    path.write_text("a file, not a folder\n")
+    return path
+
+
+# case: (argv given a scratch folder, words the one line must hold); results/bad_input.md lists them
+BAD_INPUT = {
+    "mistyped-value": (lambda t: ["--epochs", "three"], "'epochs' must be an integer, got 'three'"),
+    "zero-hidden-units": (lambda t: ["--model", "sae_mnist", "--layers", "784,0"],
+                          "'layers' needs unit counts > 0"),
+    "batch-larger-than-shard": (lambda t: ["--train_size", "100", "--batch_size", "200"],
+                                "'batch_size' is 200, larger than a shard of 100 examples"),
+    "train-size-beyond-data": (lambda t: ["--train_size", "70000"],
+                               "'train_size' is 70000, the training set has 60000"),
+    "corrupt-data-file": (lambda t: ["--data_dir", str(corrupt_mnist(t))],
+                          "train-images-idx3-ubyte.gz: corrupt gzip data"),
+    "checkpoint-of-another-model": (lambda t: ["--resume", str(sae_checkpoint(t))],
+                                    "is for family 'sae', this run has 'cnn'"),
+    "truncated-checkpoint": (lambda t: ["--resume", str(truncated_checkpoint(t))],
+                             "is truncated or corrupt"),
+    "missing-checkpoint": (lambda t: ["--resume", str(t / "nope.pt")], "nope.pt does not exist"),
+    "unwritable-results-folder": (lambda t: ["--results_dir", str(a_file(t) / "runs")],
+                                  "is not writable (Not a directory)"),
+    "elastic-without-elastic-launcher": (lambda t: ["--elastic"],
+                                         "'elastic' is true but the job was started without"),
+    "elastic-for-another-family": (lambda t: ["--model", "sae_mnist", "--elastic"],
+                                   "allowed: elastic training for cnn only"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line_and_leaves_no_files(tmp_path, case):
+    """Test that each bad-input case prints one line naming the problem, exits 2, writes nothing."""
+    make_argv, words = BAD_INPUT[case]
+    argv = make_argv(tmp_path)
+    results = tmp_path / "runs"
+    if "--results_dir" not in argv:
+        argv += ["--results_dir", str(results)]
+    proc = run_cli("-m", "hvdl.train", *argv, "--max_steps", "1")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hvdl: error: "), proc.stderr
+    assert words in lines[0], lines[0]
+    assert not results.exists() or not any(results.iterdir())
+
+
+@pytest.mark.slow
+def test_more_ranks_than_samples_is_reported_once_by_rank_0(tmp_path):
+    """Test that 2 ranks for 1 example is bad input: rank 0 says so once, the job exits non-zero."""
+    proc = run_job(2, ["-m", "hvdl.train", "--train_size", "1", "--results_dir",
+                       str(tmp_path / "runs")])
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert text.count("hvdl: error:") == 1, text[-3000:]
+    assert "1 examples cannot be shared by 2 ranks; allowed: at most 1 ranks" in text
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

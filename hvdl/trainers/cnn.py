@@ -1,6 +1,8 @@
 """Train a CNN classifier on MNIST, data-parallel: the LeNet-5 recipe.
 
     horovodrun -np 2 python -m hvdl.train --model lenet5
+    horovodrun -np 2 --min-np 1 --max-np 4 --host-discovery-script S \
+        python -m hvdl.train --model lenet5 --elastic          # elastic: hvdl/elastic.py
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hvdl import engine, metrics
+from hvdl import elastic, engine, metrics
 from hvdl.config import Config
 from hvdl.data.loading import mnist_shards
 from hvdl.dist import Context
@@ -33,5 +35,10 @@ def train(config: Config, ctx: Context, run: RunLog,
     stage = engine.Stage(
         name="train", model=model, loss=loss, epochs=config.epochs, lr=config.lr,
         evaluate=lambda: metrics.evaluate_classifier(model, test_shard.batches(0)))
-    final = engine.fit(stage, train_shard, config, ctx, run, state=state)
+    if config.elastic:  # workers come and go: the elastic loop cuts the shards again each time
+        final = elastic.fit(stage, partial(mnist_shards, config, flatten=False, standardize=True),
+                            lambda test: metrics.evaluate_classifier(model, test.batches(0)),
+                            config, ctx, run, state=state)
+    else:
+        final = engine.fit(stage, train_shard, config, ctx, run, state=state)
     return final.get("test", {})

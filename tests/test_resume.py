@@ -1,0 +1,116 @@
+"""Stopping and resuming: a run stopped by SIGTERM or killed, then resumed, ends bit for bit where
+an uninterrupted run ends (CPU, one thread per rank), and the ranks agree on where to stop."""
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+import torch
+
+from procs import check_job, rank_pids, start_job, wait_for_file
+
+# 40 steps an epoch on one rank (2000 / 50), a checkpoint every 10 steps, a stop check every 10.
+RUN = ["-m", "hvdl.train", "--train_size", "2000", "--batch_size", "50", "--epochs", "2",
+       "--checkpoint_every", "10", "--stop_check_every", "10", "--log_every", "10"]
+
+
+def newest_checkpoint(results):
+    """The newest checkpoint of the single run folder under `results`."""
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    return torch.load(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"], (a["step"], b["step"])
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final checkpoint of the run trained without interruption on one process."""
+    results = tmp_path_factory.mktemp("uninterrupted")
+    check_job(1, [*RUN, "--results_dir", str(results)], "python", timeout=180)
+    return newest_checkpoint(results)
+
+
+def finish(proc, timeout=120):
+    """Wait for `proc`; return (returncode, stdout, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"job did not end within {timeout} s\n{out[-2000:]}\n{err[-2000:]}")
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, uninterrupted):
+    """Test that SIGTERM saves mid-epoch, exits 0, and `--resume` ends with identical weights."""
+    proc = start_job(1, [*RUN, "--results_dir", str(tmp_path)], "python")
+    wait_for_file("*/checkpoints/step-000000010.pt", tmp_path, proc, timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    status, out, err = finish(proc)
+    assert status == 0, err[-3000:]
+    assert "stopped by SIGTERM" in out and "continue with --resume" in out, out
+    stopped = newest_checkpoint(tmp_path)
+    assert 0 < stopped["batch"] < 40 and stopped["epoch"] in (0, 1), "not stopped mid-epoch"
+    assert stopped["step"] < uninterrupted["step"]
+
+    out = check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume"], "python", timeout=180)
+    assert f"resumed from {tmp_path}" in out
+    assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
+    (run_dir,) = tmp_path.iterdir()
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in record["train"]] == [1, 2]
+    assert record["stops"][0]["signal"] == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(tmp_path,
+                                                                               uninterrupted):
+    """Test that a run killed with SIGKILL resumes from its newest checkpoint to the same end."""
+    proc = start_job(1, [*RUN, "--results_dir", str(tmp_path)], "python")
+    wait_for_file("*/checkpoints/step-000000020.pt", tmp_path, proc, timeout=120)
+    proc.kill()
+    status, _, _ = finish(proc)
+    assert status == -signal.SIGKILL
+    assert newest_checkpoint(tmp_path)["step"] < uninterrupted["step"]
+
+    check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume", "auto"], "python",
+              timeout=180)
+    assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_ranks_stops_both_at_the_same_step_and_resumes(tmp_path):
+    """Test that SIGTERM to rank 1 alone stops both ranks after one agreed step; resume matches."""
+    run = [*RUN, "--epochs", "3"]  # 20 steps an epoch on 2 ranks
+    check_job(2, [*run, "--results_dir", str(tmp_path / "whole")], timeout=240)
+    proc = start_job(2, [*run, "--results_dir", str(tmp_path / "cut")])
+    ranks = rank_pids(proc, 2)
+    wait_for_file("*/checkpoints/step-000000010.pt", tmp_path / "cut", proc, timeout=120)
+    os.kill(ranks[1], signal.SIGTERM)
+    status, out, err = finish(proc)
+    assert status == 0, err[-3000:]
+    assert out.count("stopped by SIGTERM") == 1, out  # rank 0 reports the signal rank 1 got
+    assert newest_checkpoint(tmp_path / "cut")["step"] < 60
+
+    check_job(2, [*run, "--results_dir", str(tmp_path / "cut"), "--resume"], timeout=240)
+    assert_same_weights(newest_checkpoint(tmp_path / "cut"), newest_checkpoint(tmp_path / "whole"))
+
+
+def test_stop_signal_handlers_are_installed_only_inside_the_loop():
+    """Test that StopSignal notes SIGTERM/SIGUSR1 while active and restores the old handlers."""
+    from hvdl.preemption import StopSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopSignal(every=5) as stop:
+        assert signal.getsignal(signal.SIGTERM) != before
+        signal.raise_signal(signal.SIGUSR1)
+        assert stop.received == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
