@@ -1,0 +1,167 @@
+"""Launching one benchmark job, and telling whether other processes disturbed it.
+
+Used by hvdl/bench.py. A job is one subprocess: `python -m hvdl.bench_worker` for one process,
+under horovodrun for hvdl on N ranks, under torchrun for DDP. On a shared machine other
+processes steal cores mid-run, so each job's interference is measured: the CPU time the whole
+machine spent minus the CPU time of the job's own processes, as a fraction of the machine over
+the job's wall time. A job above `--max-interference` is rerun (`--retries` times); every
+attempt's interference is kept in bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# name -> (config.perf overrides, extra environment) of the hvdl variants.
+VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "hvdl": ({}, {}),  # the defaults: one fused allreduce per step
+    "hvdl-hooks": ({"grad_sync": "hooks"}, {}),  # hvd.DistributedOptimizer, per-tensor hooks
+    "hvdl-hooks-nofusion": ({"grad_sync": "hooks"}, {"HOROVOD_FUSION_THRESHOLD": "0"}),
+    "hvdl-fp16": ({"fp16_compression": "true"}, {}),
+    "hvdl-hooks-fp16": ({"grad_sync": "hooks", "fp16_compression": "true"}, {}),
+    "hvdl-cycle0.1": ({"cycle_time_ms": "0.1"}, {}),
+    "hvdl-cycle0.2": ({"cycle_time_ms": "0.2"}, {}),
+    "hvdl-cycle0.5": ({"cycle_time_ms": "0.5"}, {}),
+    "hvdl-cycle1": ({"cycle_time_ms": "1"}, {}),
+    "hvdl-cycle5": ({"cycle_time_ms": "5"}, {}),
+    "hvdl-noyield": ({}, {"OMPI_MCA_mpi_yield_when_idle": "0"}),  # Open MPI busy-polls
+    "hvdl-average4": ({"sync": "average", "sync_every": "4"}, {}),
+}
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cpu_busy(seconds: float = 2.0) -> float:
+    """Fraction of all CPUs busy over the next `seconds` (Linux /proc/stat; 0 elsewhere)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except OSError:
+        return 0.0
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def wait_for_quiet(limit: float, threshold: float = 0.15) -> float:
+    """Wait up to `limit` seconds for the CPUs to be under `threshold` busy; the last reading."""
+    deadline = time.monotonic() + limit
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        busy = cpu_busy()
+    return busy
+
+
+def threads_for(args: argparse.Namespace, ranks: int) -> int:
+    return int(args.threads) if args.threads != "auto" else max(1, cores() // ranks)
+
+
+# glibc's allocator as hvdl sets it (dist.keep_freed_memory), given to every implementation so
+# that the comparison is between frameworks, not allocator settings.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+
+
+def job_env(threads: int, extra: dict[str, str], malloc: bool = True) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    if malloc:
+        env.update(MALLOC)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Open MPI refuses root without these
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env.update(extra)
+    return env
+
+
+def command(impl: str, ranks: int, worker: list[str], controller: str) -> list[str]:
+    """The launcher line: python for one process, horovodrun for hvdl, torchrun for DDP."""
+    python = [sys.executable, "-m", "hvdl.bench_worker", *worker]
+    if impl == "ddp":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(ranks), *python[1:]]
+    if ranks == 1:
+        return python
+    horovodrun = str(Path(sys.executable).parent / "horovodrun")
+    mpi_args = ["--mpi-args=--oversubscribe --bind-to none" +
+                (" --allow-run-as-root" if os.geteuid() == 0 else "")] \
+        if controller == "mpi" else []
+    return [horovodrun, f"--{controller}", *mpi_args, "-np", str(ranks), "-H",
+            f"localhost:{ranks}", *python]
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of all CPUs since boot (Linux /proc/stat; zeros elsewhere)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / hz, sum(fields) / hz
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def launch(cmd: list[str], env: dict[str, str], timeout: float,
+           ) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run `cmd`; (process, wall seconds, share of the machine other processes used)."""
+    busy0, total0 = machine_cpu()
+    ours0, started = children_cpu(), time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - started
+    busy1, total1 = machine_cpu()
+    other = (busy1 - busy0) - (children_cpu() - ours0)
+    return proc, wall, max(0.0, other) / max(1e-9, total1 - total0)
+
+
+def worker_args(args: argparse.Namespace, model: str, impl: str, ranks: int, repeat: int,
+                report: Path) -> list[str]:
+    worker = ["--impl", "hvdl" if impl.startswith("hvdl") else impl, "--model", model,
+              "--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--threads", str(threads_for(args, ranks)), "--report", str(report)]
+    perf = VARIANTS.get(impl, ({}, {}))[0]
+    if perf:
+        worker += ["--perf", *(f"{k}={v}" for k, v in perf.items())]
+    if args.timeline and impl.startswith("hvdl") and ranks > 1 and repeat == 0:
+        worker += ["--horovod-timeline",
+                   str(Path(args.out).resolve() / f"timeline-{model}-{impl}-{ranks}.json")]
+    return worker
+
+
+def run_one(args: argparse.Namespace, model: str, impl: str, ranks: int,
+            repeat: int, scratch: Path) -> dict[str, Any]:
+    """Launch one job (again while others disturb it) and return its report or its error."""
+    threads = threads_for(args, ranks)
+    report = scratch / f"{model}-{impl}-{ranks}-{repeat}.json"
+    cmd = command(impl, ranks, worker_args(args, model, impl, ranks, repeat, report),
+                  args.controller)
+    env = job_env(threads, VARIANTS.get(impl, ({}, {}))[1], malloc=args.malloc == "tuned")
+    entry: dict[str, Any] = {"model": model, "impl": impl, "ranks": ranks, "repeat": repeat,
+                             "threads": threads, "command": " ".join(cmd), "attempts": []}
+    for _ in range(args.retries + 1):
+        report.unlink(missing_ok=True)
+        wait_for_quiet(args.quiet_wait)
+        proc, wall, other = launch(cmd, env, timeout=600 + 5 * args.steps)
+        entry["attempts"].append(other)
+        entry.update(wall_s=wall, interference=other, load=os.getloadavg()[0])
+        if proc.returncode != 0 or not report.is_file():
+            entry["error"] = (proc.stdout + proc.stderr)[-3000:]
+            return entry
+        if other <= args.max_interference:
+            break
+    entry["report"] = json.loads(report.read_text())
+    return entry

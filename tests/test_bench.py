@@ -1,0 +1,111 @@
+"""The benchmark: its worker's reports, its summary and files, and a tiny real run.
+
+Figures are never asserted (they depend on the machine); the structure and the files are.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hvdl import bench_launch, bench_report, bench_worker
+from procs import ROOT, check_job, job_env
+
+REPORT_KEYS = {"impl", "model", "ranks", "step_ms", "compute_ms", "allreduce_ms", "main_cpu_ms",
+               "samples_per_s", "samples_per_s_per_rank", "peak_memory_mb", "per_rank"}
+
+
+@pytest.mark.parametrize("model", ["lenet5", "sae", "rbm", "dbn"])
+def test_plain_worker_reports_the_figures_of_each_family(tmp_path, model):
+    """Test that the plain PyTorch worker trains each family briefly and writes its report."""
+    out = tmp_path / "report.json"
+    bench_worker.main(["--impl", "plain", "--model", model, "--steps", "3", "--warmup", "1",
+                       "--report", str(out)])
+    report = json.loads(out.read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["ranks"] == 1 and report["allreduce_ms"] == 0.0
+    assert report["step_ms"] > 0 and report["samples_per_s"] > 0
+
+
+def fake_runs():
+    """Runs as bench.run_one returns them, for two implementations and a failure."""
+    def run(impl, ranks, repeat, step_ms):
+        batch = 64
+        report = {"step_ms": step_ms, "compute_ms": step_ms * 0.9,
+                  "allreduce_ms": step_ms * 0.1 if ranks > 1 else 0.0,
+                  "samples_per_s": ranks * batch * 1e3 / step_ms,
+                  "samples_per_s_per_rank": batch * 1e3 / step_ms, "main_cpu_ms": step_ms,
+                  "peak_memory_mb": 300.0}
+        return {"model": "lenet5", "impl": impl, "ranks": ranks, "repeat": repeat,
+                "threads": 1, "command": "x", "wall_s": 1.0, "interference": 0.01,
+                "report": report}
+    runs = [run("plain", 1, r, 6.0 + r) for r in range(3)]
+    runs += [run("hvdl", 1, r, 6.1 + r) for r in range(3)]
+    runs += [run("hvdl", 2, r, 7.0 + r) for r in range(3)]
+    runs.append({"model": "lenet5", "impl": "ddp", "ranks": 2, "repeat": 0, "threads": 1,
+                 "command": "x", "wall_s": 1.0, "interference": 0.0, "error": "boom"})
+    return runs
+
+
+def test_summary_takes_medians_and_computes_efficiency_and_targets(tmp_path):
+    """Test that the summary's medians, spreads, ratios and target checks follow the runs."""
+    result = bench_report.assemble({"models": ["lenet5"]}, fake_runs(),
+                                   {"load_before": (0.1, 0, 0), "load_after": (0.2, 0, 0)}, [])
+    rows = {(r["impl"], r["ranks"]): r for r in result["summary"]}
+    assert rows[("plain", 1)]["step_ms"] == {"median": 7.0, "min": 6.0, "max": 8.0}
+    hvdl2 = rows[("hvdl", 2)]
+    expected = hvdl2["samples_per_s"]["median"] / (2 * rows[("hvdl", 1)]["samples_per_s"]
+                                                   ["median"])
+    assert hvdl2["efficiency"] == pytest.approx(expected)
+    assert rows[("ddp", 2)]["failed"] == 1 and "step_ms" not in rows[("ddp", 2)]
+    assert {t["target"] for t in result["targets"]} == {
+        "hvdl at 1 rank within 3% of plain", "hvdl scaling 1 -> 2 >= 90%"}
+    bench_report.write(result, tmp_path)
+    assert json.loads((tmp_path / "bench.json").read_text())["summary"]
+    table = (tmp_path / "bench.md").read_text()
+    assert "| lenet5 | hvdl | 2 | 1 |" in table and "| lenet5 | ddp | 2 | 1 | failed" in table
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_launch_commands_use_python_horovodrun_and_torchrun():
+    """Test that one rank runs as a plain process, N ranks under horovodrun or torchrun."""
+    worker = ["--report", "r.json"]
+    assert bench_launch.command("hvdl", 1, worker, "mpi")[:3] == [sys.executable, "-m",
+                                                           "hvdl.bench_worker"]
+    assert "horovodrun" in bench_launch.command("hvdl-hooks", 2, worker, "gloo")[0]
+    ddp = bench_launch.command("ddp", 2, worker, "mpi")
+    assert ddp[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc_per_node" in ddp and ddp[-2:] == worker
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["sae", "rbm"])
+def test_hvdl_worker_runs_the_packages_own_loop(tmp_path, model):
+    """Test that the hvdl worker trains through hvdl on 2 ranks and reports its allreduce time."""
+    out = tmp_path / "report.json"
+    check_job(2, ["-m", "hvdl.bench_worker", "--impl", "hvdl", "--model", model, "--steps", "4",
+                  "--warmup", "1", "--report", str(out), "--horovod-timeline",
+                  str(tmp_path / "timeline.json")], "mpi")
+    report = json.loads(out.read_text())
+    assert REPORT_KEYS <= set(report) and report["ranks"] == 2
+    assert report["controller"] == "mpi" and report["perf"]["grad_sync"] == "fused"
+    assert all(r["blocked_s"] is not None for r in report["per_rank"])
+    assert "ALLREDUCE" in (tmp_path / "timeline.json").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_writes_json_table_and_plot(tmp_path):
+    """Test that `python -m hvdl.bench --tiny` runs plain, hvdl and DDP and writes its files."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvdl.bench", "--tiny", "--models", "lenet5", "--ranks", "1", "2",
+         "--out", str(tmp_path)], cwd=ROOT, env=job_env(), capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "bench.json").read_text())
+    done = {(r["impl"], r["ranks"]) for r in result["summary"] if r["runs"] == 1}
+    assert done == {("plain", 1), ("hvdl", 1), ("hvdl", 2), ("ddp", 1), ("ddp", 2)}
+    assert {"machine", "versions", "date", "git", "conditions"} <= set(result)
+    table = (tmp_path / "bench.md").read_text()
+    assert table.count("| lenet5 |") >= 5
+    assert (tmp_path / "bench.png").stat().st_size > 1000
