@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(entry)
                 print(bench_report.progress_line(entry), flush=True)
     conditions["load_after"] = os.getloadavg()
-    result = bench_report.assemble(vars(args), runs, conditions, argv)
+    result = bench_report.assemble(vars(args), runs, conditions, argv, out)
     bench_report.write(result, out)
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     return 1 if any("error" in r for r in runs) else 0

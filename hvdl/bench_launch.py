@@ -159,7 +159,9 @@ def run_one(args: argparse.Namespace, model: str, impl: str, ranks: int,
         entry["attempts"].append(other)
         entry.update(wall_s=wall, interference=other, load=os.getloadavg()[0])
         if proc.returncode != 0 or not report.is_file():
-            entry["error"] = (proc.stdout + proc.stderr)[-3000:]
+            output = proc.stdout + proc.stderr
+            entry["error"] = output if len(output) < 6000 else output[:3000] + "\n...\n" + \
+                output[-3000:]
             return entry
         if other <= args.max_interference:
             break

@@ -119,14 +119,39 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def timeline_phases(path: Path) -> dict[str, dict[str, float]]:
+    """Median and count of each phase's duration (ms) per tensor in a Horovod timeline.
+
+    NEGOTIATE_ALLREDUCE runs from the first rank's request to the last one's, as rank 0's
+    background thread sees them at its cycles: rank skew plus cycle waits. The processing
+    phases (ALLREDUCE, with MPI_ALLREDUCE or GLOO_ALLREDUCE inside) are the collective itself.
+    """
+    text = path.read_text().rstrip().rstrip(",")
+    events = json.loads(text if text.endswith("]") else text + "]")  # a live file is open
+    names = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name" and "name" in e["args"]}
+    stacks: dict[int, list[tuple[str, float]]] = {}
+    spans: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("ph") == "B":
+            stacks.setdefault(e["pid"], []).append((e["name"], e["ts"]))
+        elif e.get("ph") == "E" and stacks.get(e["pid"]):
+            name, start = stacks[e["pid"]].pop()
+            key = f"{names.get(e['pid'], e['pid'])} {name}"
+            spans.setdefault(key, []).append((e["ts"] - start) / 1e3)
+    return {k: {"median_ms": statistics.median(v), "count": len(v)} for k, v in spans.items()}
+
+
 def assemble(options: dict[str, Any], runs: list[dict[str, Any]], conditions: dict[str, Any],
-             argv: list[str] | None) -> dict[str, Any]:
+             argv: list[str] | None, out: Path | None = None) -> dict[str, Any]:
     rows = summarise(runs)
+    timelines = {path.name: timeline_phases(path)
+                 for path in sorted(out.glob("timeline-*.json"))} if out else {}
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "command": "python -m hvdl.bench " + " ".join(sys.argv[1:] if argv is None else argv),
             "options": options, "machine": machine(), "versions": versions(),
             "git": git_state(ROOT), "conditions": conditions, "summary": rows,
-            "targets": targets(rows), "runs": runs}
+            "targets": targets(rows), "timelines": timelines, "runs": runs}
 
 
 def fmt(figure: dict[str, float] | None, digits: int = 0) -> str:
@@ -171,6 +196,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "| model | target | value | met |", "|---|---|---|---|"]
         lines += [f"| {t['model']} | {t['target']} | {t['value']:.3f} | "
                   f"{'yes' if t['met'] else 'no'} |" for t in result["targets"]]
+    for name, phases in result.get("timelines", {}).items():
+        lines += ["", f"Horovod timeline `{name}` (rank 0's view of the timed steps):", "",
+                  "| tensor and phase | median ms | count |", "|---|---|---|"]
+        lines += [f"| {k} | {v['median_ms']:.3f} | {v['count']} |" for k, v in phases.items()]
     return "\n".join(lines) + "\n"
 
 
