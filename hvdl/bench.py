@@ -4,6 +4,7 @@
     hvdl bench --models lenet5 --ranks 1 2 --repeats 5 --threads 1 --out results/bench
     hvdl bench --models lenet5 --ranks 2 --variants hvdl hvdl-hooks hvdl-fp16 --out /tmp/knobs
     python -m hvdl.bench --tiny --out /tmp/bench          # seconds: what the test suite runs
+    python -m hvdl.bench --render results/bench            # redraw bench.md/.png from bench.json
 
 For each model family (LeNet-5, sparse autoencoder, RBM, DBN fine-tuning) it runs, on the same
 network, batch and synthetic data: `plain`, a single-process PyTorch loop with no hvdl code;
@@ -22,6 +23,7 @@ Measured figures: results/bench/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -59,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--tiny", action="store_true",
                         help="a few steps and one repeat: checks the machinery in seconds")
+    parser.add_argument("--render", metavar="FOLDER",
+                        help="run nothing: rewrite FOLDER's bench.md and bench.png from its "
+                        "bench.json")
     args = parser.parse_args(argv)
     if args.tiny:
         args.steps, args.warmup, args.repeats = 5, 2, 1
@@ -79,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     from hvdl import bench_report
 
     args = parse_args(argv)
+    if args.render:
+        source = Path(args.render) / "bench.json"
+        try:
+            result = json.loads(source.read_text())
+        except (OSError, ValueError) as err:
+            print(f"hvdl bench: error: cannot read {source} ({err}); --render takes a folder "
+                  "written by hvdl bench", file=sys.stderr)
+            return 2
+        bench_report.write(result, Path(args.render))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []

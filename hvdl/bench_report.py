@@ -213,6 +213,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     rows = [r for r in result["summary"] if "step_ms" in r]
     models = list(dict.fromkeys(r["model"] for r in rows)) or ["none"]
     fig, axes = plt.subplots(2, len(models), figsize=(4 * len(models), 6.5), squeeze=False)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {impl: palette[i % len(palette)]
+               for i, impl in enumerate(dict.fromkeys(r["impl"] for r in rows))}
     for col, model in enumerate(models):
         for impl in dict.fromkeys(r["impl"] for r in rows if r["model"] == model):
             mine = sorted((r for r in rows if r["model"] == model and r["impl"] == impl),
@@ -220,16 +223,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ranks = [r["ranks"] for r in mine]
             style = "s" if impl == "plain" else "o-"
             axes[0][col].plot(ranks, [r["samples_per_s"]["median"] for r in mine], style,
-                              label=impl)
+                              color=colours[impl], label=impl)
             eff = [(r["ranks"], r["efficiency"]) for r in mine if r.get("efficiency")]
             if impl != "plain" and eff:
-                axes[1][col].plot(*zip(*eff), style, label=impl)
+                axes[1][col].plot(*zip(*eff), style, color=colours[impl], label=impl)
         axes[0][col].set_title(model)
         axes[0][col].set_ylabel("samples/s (all ranks)")
         axes[1][col].set_ylabel("scaling efficiency")
         axes[1][col].set_xlabel("ranks")
         axes[1][col].axhline(0.9, color="grey", linestyle=":", linewidth=1)
-        axes[0][col].legend(fontsize=7)
+        for ax in axes[:, col]:
+            ax.set_xticks(sorted({r["ranks"] for r in rows}))
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.suptitle(f"hvdl benchmark {result['date'][:10]} on {result['machine']['cpu']}",
                  fontsize=9)
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """Summarise a run folder as Markdown: what ran, where, and the per-epoch figures.
 
     python -m hvdl.report results/runs/20261120-225403-lenet5 >> results/lenet5/README.md
+    python -m hvdl.report --compare perf.sync,perf.sync_every results/runs/sync-modes/*
 
 The tables in `results/` are produced this way from the run's own `metadata.json` and
 `metrics.json`, so every figure there can be traced to a run folder.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +29,31 @@ def describe(meta: dict[str, Any]) -> list[str]:
             f"- code {commit}; {versions}"]
 
 
+# Per-epoch figures a stage may record, in table order: (key, column, format).
+COLUMNS = [("train_cost", "train cost", "{:.4f}"), ("train_recon", "train recon.", "{:.3f}"),
+           ("heldout_recon", "held-out recon.", "{:.3f}"),
+           ("free_energy_gap", "free-energy gap", "{:.3f}"),
+           ("test.cost", "test cost", "{:.4f}"), ("test.accuracy", "test accuracy", "{:.2%}"),
+           ("seconds", "seconds", "{:.1f}"), ("samples_per_s", "samples/s", "{:.0f}")]
+
+
+def figure(epoch: dict[str, Any], key: str) -> Any:
+    """`epoch[key]`, following dots into nested records ("test.accuracy"); None if absent."""
+    value: Any = epoch
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def epoch_table(name: str, history: list[dict[str, Any]]) -> list[str]:
-    lines = [f"| {name} epoch | train cost | test cost | test accuracy | seconds | samples/s |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    """The columns of COLUMNS that any epoch of the stage recorded, one row per epoch."""
+    columns = [c for c in COLUMNS if any(figure(e, c[0]) is not None for e in history)]
+    lines = [f"| {name} epoch | " + " | ".join(c[1] for c in columns) + " |",
+             "|---:|" + "---:|" * len(columns)]
     for e in history:
-        test = e.get("test") or {}
-        accuracy = f"{100 * test['accuracy']:.2f}%" if "accuracy" in test else ""
-        cost = f"{test['cost']:.4f}" if "cost" in test else ""
-        lines.append(f"| {e['epoch']} | {e['train_cost']:.4f} | {cost} | {accuracy} | "
-                     f"{e['seconds']:.1f} | {e['samples_per_s']:.0f} |")
+        cells = [fmt.format(v) if (v := figure(e, key)) is not None else ""
+                 for key, _, fmt in columns]
+        lines.append(f"| {e['epoch']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -52,15 +70,57 @@ def summarise(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def setting(config: dict[str, Any], key: str) -> Any:
+    """`key` ("lr", "perf.sync") from a run's resolved config."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(key)
+        value = value[part]
+    return value
+
+
+def compare(run_dirs: list[Path], keys: list[str]) -> str:
+    """One row per run: the settings `keys`, test accuracy per epoch, final accuracy, time."""
+    lines = ["| run | ranks | " + " | ".join(keys) + " | test accuracy per epoch | final | "
+             "training s |", "|---|---:|" + "---|" * len(keys) + "---|---:|---:|"]
+    for run_dir in run_dirs:
+        meta = json.loads((run_dir / "metadata.json").read_text())
+        result = json.loads((run_dir / "metrics.json").read_text())
+        config = tomllib.loads((run_dir / "config.toml").read_text())
+        epochs = [e for v in result.values() if isinstance(v, list) for e in v
+                  if isinstance(e, dict) and "seconds" in e]
+        curve = ", ".join(f"{100 * e['test']['accuracy']:.2f}" for e in epochs
+                          if "accuracy" in (e.get("test") or {}))
+        final = result.get("final", {}).get("accuracy")
+        lines.append(f"| {run_dir.name} | {meta['world_size']} | "
+                     + " | ".join(str(setting(config, k)) for k in keys)
+                     + f" | {curve} | {'' if final is None else f'{100 * final:.2f}%'} | "
+                     f"{sum(e['seconds'] for e in epochs):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hvdl report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
+    parser.add_argument("--compare", metavar="KEYS", type=lambda v: v.split(","),
+                        help="one table, a row per run, with these comma-separated config keys "
+                        "(e.g. perf.sync,perf.sync_every)")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
         if not (run_dir / "metrics.json").is_file():
             print(f"hvdl report: error: {run_dir} has no metrics.json; give a run folder",
                   file=sys.stderr)
             return 2
+    if args.compare:
+        try:
+            print(compare(args.runs, args.compare))
+        except KeyError as err:
+            print(f"hvdl report: error: no config key {err.args[0]!r} in a run's config.toml; "
+                  "give keys as in config.toml (lr, perf.sync)", file=sys.stderr)
+            return 2
+        return 0
+    for run_dir in args.runs:
         print(summarise(run_dir))
     return 0
 

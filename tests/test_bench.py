@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from hvdl import bench_launch, bench_report, bench_worker
+from hvdl import bench, bench_launch, bench_report, bench_worker
 from procs import ROOT, check_job, job_env
 
 REPORT_KEYS = {"impl", "model", "ranks", "step_ms", "compute_ms", "allreduce_ms", "main_cpu_ms",
@@ -112,3 +112,13 @@ def test_tiny_benchmark_writes_json_table_and_plot(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert table.count("| lenet5 |") >= 5
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    (tmp_path / "bench.md").unlink()
+    assert bench.main(["--render", str(tmp_path)]) == 0  # redrawn from bench.json alone
+    assert (tmp_path / "bench.md").read_text() == table
+
+
+def test_render_without_a_benchmark_is_a_one_line_error(tmp_path, capsys):
+    """Test that `--render` on a folder with no bench.json fails with status 2 and one line."""
+    assert bench.main(["--render", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bench.json" in err
