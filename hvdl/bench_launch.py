@@ -27,6 +27,8 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "hvdl-hooks-nofusion": ({"grad_sync": "hooks"}, {"HOROVOD_FUSION_THRESHOLD": "0"}),
     "hvdl-fp16": ({"fp16_compression": "true"}, {}),
     "hvdl-hooks-fp16": ({"grad_sync": "hooks", "fp16_compression": "true"}, {}),
+    "hvdl-cycle0.02": ({"cycle_time_ms": "0.02"}, {}),
+    "hvdl-cycle0.05": ({"cycle_time_ms": "0.05"}, {}),
     "hvdl-cycle0.1": ({"cycle_time_ms": "0.1"}, {}),
     "hvdl-cycle0.2": ({"cycle_time_ms": "0.2"}, {}),
     "hvdl-cycle0.5": ({"cycle_time_ms": "0.5"}, {}),

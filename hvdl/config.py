@@ -79,7 +79,7 @@ class PerfConfig:
     fp16_compression: bool = False  # compress gradients to fp16 for the allreduce
     backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
     fusion_threshold_mb: int = 64  # Horovod tensor fusion buffer (HOROVOD_FUSION_THRESHOLD)
-    cycle_time_ms: float = 0.1  # Horovod background cycle (HOROVOD_CYCLE_TIME); see results/bench
+    cycle_time_ms: float = 0.02  # Horovod background cycle (HOROVOD_CYCLE_TIME); see results/bench
     timeline: bool = False  # write Horovod's timeline into the run folder
     bf16: bool = False  # bf16 autocast of forward and loss (GPU; also runs on CPU)
     compile: bool = False  # torch.compile the model
