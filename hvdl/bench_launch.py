@@ -70,7 +70,7 @@ def threads_for(args: argparse.Namespace, ranks: int) -> int:
     return int(args.threads) if args.threads != "auto" else max(1, cores() // ranks)
 
 
-# glibc's allocator as hvdl sets it (dist.keep_freed_memory), given to every implementation so
+# glibc's allocator as hvdl sets it (host.keep_freed_memory), given to every implementation so
 # that the comparison is between frameworks, not allocator settings.
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
 

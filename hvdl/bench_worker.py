@@ -44,8 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="hvdl config.perf overrides, e.g. grad_sync=hooks")
     parser.add_argument("--horovod-timeline", default="",
                         help="hvdl: write a Horovod timeline of the timed steps here")
-    parser.add_argument("--bind", action="store_true",
-                        help="pin each rank to one core (local rank modulo cores)")
     parser.add_argument("--report", required=True, help="JSON written by rank 0")
     return parser.parse_args(argv)
 
@@ -170,18 +168,8 @@ def job_report(args: argparse.Namespace, ranks: list[dict[str, Any]],
             "per_rank": ranks, **extra}
 
 
-def bind_to_core() -> None:
-    """Pin this process (and the threads it starts later) to core local_rank % cores."""
-    local = next((int(os.environ[v]) for v in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-                                               "HOROVOD_LOCAL_RANK") if v in os.environ), 0)
-    cores = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cores[local % len(cores)]})
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.bind:
-        bind_to_core()
     if args.impl == "hvdl":
         from hvdl.bench_hvdl import hvdl_main
 

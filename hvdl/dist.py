@@ -19,16 +19,17 @@ horovodrun's Gloo controller there is no MPI job, so Horovod's own collectives d
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import math
 import os
-import signal
 import socket
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
+
+from hvdl.host import (cpu_threads, keep_freed_memory, launcher_size, main_thread_signals,
+                       pick_device)
 
 
 class LaunchError(RuntimeError):
@@ -50,24 +51,6 @@ class Context:
     @property
     def is_root(self) -> bool:
         return self.rank == 0
-
-
-# The launcher environment variables that announce the number of tasks.
-_LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS",
-                       "HOROVOD_SIZE")
-
-
-def launcher_size(environ: dict[str, str] | None = None) -> tuple[int, str | None]:
-    """Return (tasks, variable) as announced by the launcher; (1, None) when none says."""
-    environ = os.environ if environ is None else environ
-    for var in _LAUNCHER_SIZE_VARS:
-        value = environ.get(var, "")
-        if value.isdigit() and int(value) > 1:
-            # SLURM_NTASKS describes the allocation; only trust it inside a job step (srun).
-            if var == "SLURM_NTASKS" and "SLURM_STEP_ID" not in environ:
-                continue
-            return int(value), var
-    return 1, None
 
 
 def _uses_mpi(environ: dict[str, str]) -> bool:
@@ -94,65 +77,6 @@ def _hvd() -> Any:
     import horovod.torch as hvd
 
     return hvd
-
-
-def cpu_threads(local_size: int, environ: dict[str, str] | None = None) -> int:
-    """Torch threads per rank: the task's CPUs under Slurm, else this node's cores / local ranks."""
-    environ = os.environ if environ is None else environ
-    if environ.get("HVDL_THREADS", "").isdigit():
-        return max(1, int(environ["HVDL_THREADS"]))
-    if environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return max(1, int(environ["SLURM_CPUS_PER_TASK"]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    # Affinity may already be narrowed to this rank's cores by the launcher's binding.
-    total = os.cpu_count() or 1
-    if cores and cores < total:
-        return max(1, cores)
-    return max(1, total // max(1, local_size))
-
-
-def pick_device(local_rank: int) -> torch.device:
-    """`cuda:<local rank>`, or `cuda:0` when the scheduler shows each task one GPU, else CPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    count = torch.cuda.device_count()
-    return torch.device("cuda", local_rank if local_rank < count else 0)
-
-
-@contextlib.contextmanager
-def main_thread_signals() -> Iterator[None]:
-    """Threads started in the body (Horovod's, MPI's) never receive SIGTERM or SIGUSR1.
-
-    A signal handled in Python may be delivered to any thread; one landing in Horovod's
-    background thread interrupts its socket calls and shuts Horovod down on that rank (seen with
-    Gloo). Threads inherit the signal mask of their creator, so they are created with these
-    signals blocked, and only the main thread, which runs hvdl/preemption.py's handler, gets them.
-    """
-    blocked = {signal.SIGTERM, signal.SIGUSR1}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def keep_freed_memory() -> None:
-    """Have glibc keep freed blocks of up to 32 MiB in the heap rather than unmap them.
-
-    A CPU training step frees and reallocates the same activation buffers; by default glibc
-    serves blocks over 128 KiB with mmap and returns them to the system, so each step faults
-    its pages in again, which cost up to 40% of a LeNet-5 step on the project's 2-core machine
-    (results/bench/README.md). MALLOC_MMAP_THRESHOLD_ in the environment wins; off glibc this
-    does nothing.
-    """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD (glibc's largest allowed value)
-    libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
 
 
 def init(threads: int | None = None) -> Context:
@@ -289,19 +213,6 @@ def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modu
                                     compression=compression,
                                     backward_passes_per_step=backward_passes_per_step,
                                     op=hvd.Average)
-
-
-def scaled_lr(base_lr: float, size: int, step: int, warmup_steps: int,
-              scaling: str = "linear") -> float:
-    """Learning rate for `step`: `base_lr * size` (linear scaling), reached by linear warm-up.
-
-    Warm-up starts from `base_lr` (the single-rank rate) as in Goyal et al. (2017), so short
-    runs and one-rank runs are not slowed.
-    """
-    target = base_lr * size if scaling == "linear" else base_lr
-    if warmup_steps <= 0 or step >= warmup_steps:
-        return target
-    return base_lr + (target - base_lr) * step / warmup_steps
 
 
 # --- node-local coordination and inventory (mpi4py's job under MPI) ------------------------------

@@ -46,6 +46,19 @@ def make_optimizer(params: Any, config: Config, lr: float) -> torch.optim.Optimi
                                 f"{config.family!r} by minibatches; allowed: sgd, adam")
 
 
+def scaled_lr(base_lr: float, size: int, step: int, warmup_steps: int,
+              scaling: str = "linear") -> float:
+    """Learning rate for `step`: `base_lr * size` (linear scaling), reached by linear warm-up.
+
+    Warm-up starts from `base_lr` (the single-rank rate) as in Goyal et al. (2017), so short
+    runs and one-rank runs are not slowed.
+    """
+    target = base_lr * size if scaling == "linear" else base_lr
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return target
+    return base_lr + (target - base_lr) * step / warmup_steps
+
+
 @dataclass(frozen=True)
 class Schedule:
     """lr(step) = warm-up to lr × ranks, then `constant`, `cosine` decay or `onecycle`."""
@@ -58,7 +71,7 @@ class Schedule:
     scaling: str = "linear"
 
     def __call__(self, step: int) -> float:
-        peak = dist.scaled_lr(self.base, self.size, step, self.warmup, self.scaling)
+        peak = scaled_lr(self.base, self.size, step, self.warmup, self.scaling)
         if self.kind == "constant" or step < self.warmup:
             return peak
         if self.kind == "onecycle":  # warm-up is the rising half; then linear to zero

@@ -37,21 +37,28 @@ COLUMNS = [("train_cost", "train cost", "{:.4f}"), ("train_recon", "train recon.
            ("seconds", "seconds", "{:.1f}"), ("samples_per_s", "samples/s", "{:.0f}")]
 
 
-def figure(epoch: dict[str, Any], key: str) -> Any:
-    """`epoch[key]`, following dots into nested records ("test.accuracy"); None if absent."""
-    value: Any = epoch
+def dotted(record: dict[str, Any], key: str) -> Any:
+    """`record[key]`, following dots into nested tables ("test.accuracy", "perf.sync");
+    None if absent."""
+    value: Any = record
     for part in key.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
 
 
+def epochs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every timed epoch of every stage in a run's metrics, in order."""
+    return [e for v in result.values() if isinstance(v, list) for e in v
+            if isinstance(e, dict) and "seconds" in e]
+
+
 def epoch_table(name: str, history: list[dict[str, Any]]) -> list[str]:
     """The columns of COLUMNS that any epoch of the stage recorded, one row per epoch."""
-    columns = [c for c in COLUMNS if any(figure(e, c[0]) is not None for e in history)]
+    columns = [c for c in COLUMNS if any(dotted(e, c[0]) is not None for e in history)]
     lines = [f"| {name} epoch | " + " | ".join(c[1] for c in columns) + " |",
              "|---:|" + "---:|" * len(columns)]
     for e in history:
-        cells = [fmt.format(v) if (v := figure(e, key)) is not None else ""
+        cells = [fmt.format(v) if (v := dotted(e, key)) is not None else ""
                  for key, _, fmt in columns]
         lines.append(f"| {e['epoch']} | " + " | ".join(cells) + " |")
     return lines
@@ -64,20 +71,9 @@ def summarise(run_dir: Path) -> str:
     for name, value in result.items():
         if isinstance(value, list) and value and "epoch" in value[0]:
             lines += [*epoch_table(name, value), ""]
-    total = sum(e["seconds"] for v in result.values() if isinstance(v, list)
-                for e in v if isinstance(e, dict) and "seconds" in e)
+    total = sum(e["seconds"] for e in epochs(result))
     lines.append(f"Training time over all epochs: {total:.1f} s.")
     return "\n".join(lines) + "\n"
-
-
-def setting(config: dict[str, Any], key: str) -> Any:
-    """`key` ("lr", "perf.sync") from a run's resolved config."""
-    value: Any = config
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(key)
-        value = value[part]
-    return value
 
 
 def compare(run_dirs: list[Path], keys: list[str]) -> str:
@@ -88,15 +84,17 @@ def compare(run_dirs: list[Path], keys: list[str]) -> str:
         meta = json.loads((run_dir / "metadata.json").read_text())
         result = json.loads((run_dir / "metrics.json").read_text())
         config = tomllib.loads((run_dir / "config.toml").read_text())
-        epochs = [e for v in result.values() if isinstance(v, list) for e in v
-                  if isinstance(e, dict) and "seconds" in e]
-        curve = ", ".join(f"{100 * e['test']['accuracy']:.2f}" for e in epochs
-                          if "accuracy" in (e.get("test") or {}))
+        timed = epochs(result)
+        settings = [dotted(config, k) for k in keys]
+        if None in settings:
+            raise KeyError(keys[settings.index(None)])
+        curve = ", ".join(f"{100 * a:.2f}" for e in timed
+                          if (a := dotted(e, "test.accuracy")) is not None)
         final = result.get("final", {}).get("accuracy")
         lines.append(f"| {run_dir.name} | {meta['world_size']} | "
-                     + " | ".join(str(setting(config, k)) for k in keys)
+                     + " | ".join(map(str, settings))
                      + f" | {curve} | {'' if final is None else f'{100 * final:.2f}%'} | "
-                     f"{sum(e['seconds'] for e in epochs):.1f} |")
+                     f"{sum(e['seconds'] for e in timed):.1f} |")
     return "\n".join(lines) + "\n"
 
 

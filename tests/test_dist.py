@@ -1,6 +1,7 @@
 """Launcher detection and per-rank resources (no Horovod job needed)."""
 
-from hvdl.dist import cpu_threads, launcher_size, scaled_lr
+from hvdl.engine import scaled_lr
+from hvdl.host import cpu_threads, launcher_size
 
 
 def test_launcher_size_reads_open_mpi_and_slurm_steps():
