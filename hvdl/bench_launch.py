@@ -79,6 +79,8 @@ def job_env(threads: int, extra: dict[str, str], malloc: bool = True) -> dict[st
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     if malloc:
         env.update(MALLOC)
+    else:  # glibc's own behaviour everywhere, hvdl's ranks included
+        env["HVDL_MALLOC"] = "default"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if hasattr(os, "geteuid") and os.geteuid() == 0:  # Open MPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")

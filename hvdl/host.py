@@ -73,13 +73,13 @@ def main_thread_signals() -> Iterator[None]:
 def keep_freed_memory() -> None:
     """Have glibc keep freed blocks of up to 32 MiB in the heap rather than unmap them.
 
-    A CPU training step frees and reallocates the same activation buffers; by default glibc
-    serves blocks over 128 KiB with mmap and returns them to the system, so each step faults
-    its pages in again, which cost up to 40% of a LeNet-5 step on the project's 2-core machine
-    (results/bench/README.md). MALLOC_MMAP_THRESHOLD_ in the environment wins; off glibc this
-    does nothing.
+    A CPU training step frees and reallocates the same activation buffers; left to glibc, large
+    blocks go back to the system and each step faults their pages in again. Without this,
+    LeNet-5 under hvdl ran 25–45% slower on the project's 2-core machine (results/bench/README.md,
+    `hvdl bench --malloc default`). MALLOC_MMAP_THRESHOLD_ in the environment wins,
+    HVDL_MALLOC=default leaves glibc alone, and off glibc this does nothing.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or os.environ.get("HVDL_MALLOC") == "default":
         return
     try:
         libc = ctypes.CDLL("libc.so.6")

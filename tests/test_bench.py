@@ -4,6 +4,7 @@ Figures are never asserted (they depend on the machine); the structure and the f
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -122,3 +123,12 @@ def test_render_without_a_benchmark_is_a_one_line_error(tmp_path, capsys):
     assert bench.main(["--render", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bench.json" in err
+
+
+def test_malloc_default_leaves_glibc_alone_in_every_job():
+    """Test that `--malloc default` gives no allocator setting and turns off hvdl's own."""
+    tuned = bench_launch.job_env(1, {}, malloc=True)
+    plain = bench_launch.job_env(1, {}, malloc=False)
+    assert tuned["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20) and "HVDL_MALLOC" not in tuned
+    assert plain["HVDL_MALLOC"] == "default"
+    assert plain.get("MALLOC_MMAP_THRESHOLD_") == os.environ.get("MALLOC_MMAP_THRESHOLD_")
