@@ -76,8 +76,9 @@ def keep_freed_memory() -> None:
     A CPU training step frees and reallocates the same activation buffers; left to glibc, large
     blocks go back to the system and each step faults their pages in again. Without this,
     LeNet-5 under hvdl ran 8% slower on one rank and 25% slower on two on the project's 2-core
-    machine (results/bench/README.md, `hvdl bench --malloc default`). MALLOC_MMAP_THRESHOLD_ in the environment wins,
-    HVDL_MALLOC=default leaves glibc alone, and off glibc this does nothing.
+    machine (results/bench/README.md, `hvdl bench --malloc default`). MALLOC_MMAP_THRESHOLD_
+    in the environment wins, HVDL_MALLOC=default leaves glibc alone, and off glibc this does
+    nothing.
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or os.environ.get("HVDL_MALLOC") == "default":
         return
