@@ -56,6 +56,8 @@ class RBMConfig:
     weight_cost: float = 2e-4  # L2 weight decay on W
     finetune_epochs: int = 10  # supervised (DBN) or reconstruction (deep AE) fine-tuning epochs
     finetune_lr: float = 0.1  # learning rate of backprop fine-tuning
+    finetune_batch_size: int = 0  # examples per rank per fine-tuning step (0: batch_size)
+    top_epochs: int = 0  # DBN: epochs training the softmax layer alone before the whole net
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Config:
     train_size: int = 0  # use the first N training examples (0: all)
     layers: tuple[int, ...] = ()  # unit counts, input first, e.g. (784, 500, 500, 2000, 10)
     optimizer: str = "sgd"  # sgd | adam | lbfgs
+    lbfgs_batch_iterations: int = 3  # L-BFGS iterations per minibatch (optimizer = "lbfgs")
     epochs: int = 3  # passes over the training data
     batch_size: int = 64  # examples per rank per step
     lr: float = 0.01  # single-rank learning rate
@@ -141,7 +144,8 @@ _CHOICES = {
     "perf.grad_sync": ("fused", "hooks"),
 }
 _POSITIVE = {"batch_size", "lr", "log_every", "keep_checkpoints", "stop_check_every",
-             "commit_every", "sae.lbfgs_iterations", "sae.lbfgs_history", "rbm.cd_k",
+             "commit_every", "lbfgs_batch_iterations", "sae.lbfgs_iterations",
+             "sae.lbfgs_history", "rbm.cd_k",
              "rbm.pretrain_lr", "rbm.code_lr", "rbm.finetune_lr", "patches.size", "patches.count",
              "perf.sync_every", "perf.backward_passes_per_step", "perf.fusion_threshold_mb",
              "perf.cycle_time_ms", "patches.zca_epsilon"}
@@ -149,7 +153,8 @@ _NON_NEGATIVE = {"epochs", "train_size", "warmup_epochs", "momentum", "weight_de
                  "label_smoothing", "threads", "checkpoint_every", "filters_every", "max_steps",
                  "sae.rho", "sae.beta", "sae.lam", "sae.softmax_lam", "sae.finetune_iterations",
                  "rbm.pretrain_epochs", "rbm.initial_momentum", "rbm.final_momentum",
-                 "rbm.momentum_switch", "rbm.weight_cost", "rbm.finetune_epochs"}
+                 "rbm.momentum_switch", "rbm.weight_cost", "rbm.finetune_epochs",
+                 "rbm.finetune_batch_size", "rbm.top_epochs"}
 
 
 def models_dir() -> Path:

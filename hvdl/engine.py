@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from hvdl import checkpoint, dist, metrics, preemption, sync
+from hvdl import checkpoint, dist, lbfgs, metrics, preemption, sync
 from hvdl import config as configlib
 from hvdl.config import Config
 from hvdl.data.shard import DeviceShard
@@ -37,13 +37,17 @@ class NonFiniteLoss(RuntimeError):
 
 
 def make_optimizer(params: Any, config: Config, lr: float) -> torch.optim.Optimizer:
+    """The stage's optimizer; `lbfgs` is minibatch L-BFGS (hvdl/lbfgs.py), which averages its
+    own gradients over ranks and ignores the learning rate."""
+    if config.optimizer == "lbfgs":
+        return lbfgs.MinibatchLBFGS(params, iterations=config.lbfgs_batch_iterations)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     raise configlib.ConfigError(f"optimizer {config.optimizer!r} cannot train family "
-                                f"{config.family!r} by minibatches; allowed: sgd, adam")
+                                f"{config.family!r} by minibatches; allowed: sgd, adam, lbfgs")
 
 
 def scaled_lr(base_lr: float, size: int, step: int, warmup_steps: int,
@@ -117,11 +121,19 @@ def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: DeviceSha
     with contextlib.closing(bar):  # a failed or stopped epoch clears its bar before the message
         for x, y in bar:
             set_lr(optimizer, schedule(step))
-            optimizer.zero_grad()
-            with torch.autocast(shard.x.device.type, torch.bfloat16, enabled=config.perf.bf16):
-                loss = stage.loss(stage.model(x), y if y is not None else x)
-            loss.backward()
-            optimizer.step()
+            target = y if y is not None else x
+
+            def batch_loss(x: torch.Tensor = x, target: torch.Tensor = target) -> torch.Tensor:
+                with torch.autocast(shard.x.device.type, torch.bfloat16, enabled=config.perf.bf16):
+                    return stage.loss(stage.model(x), target)
+
+            if getattr(optimizer, "takes_closure", False):
+                loss = optimizer.step(batch_loss)  # several evaluations, averaged over ranks
+            else:
+                optimizer.zero_grad()
+                loss = batch_loss()
+                loss.backward()
+                optimizer.step()
             total += loss.detach()
             window += loss.detach()
             step, batch, in_window, seen = step + 1, batch + 1, in_window + 1, seen + len(x)
@@ -272,9 +284,11 @@ def end_epoch(stage: Stage, saver: Checkpointer, entry: dict[str, Any], *, batch
 def epoch_line(name: str, entry: dict[str, Any]) -> str:
     line = (f"{name} epoch {entry['epoch']}: train cost {entry['train_cost']:.4f}, "
             f"{entry['seconds']:.1f} s, {entry['samples_per_s']:.0f} samples/s")
-    test = entry.get("test")
-    if test:
+    test = entry.get("test") or {}
+    if "cost" in test:
         line += f", test cost {test['cost']:.4f}"
-    if test and "accuracy" in test:
+    if "accuracy" in test:
         line += f", test accuracy {100 * test['accuracy']:.2f}%"
+    if "squared_error" in test:
+        line += f", test squared error {test['squared_error']:.3f}"
     return line

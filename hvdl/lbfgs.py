@@ -16,15 +16,23 @@ evaluations) per call and evaluates the cost once more at its start. `minimize` 
 chunks of `chunk` iterations, to log and draw pictures in between; the cost at the accepted point
 is evaluated once after each chunk and the next chunk's first evaluation is answered from a cache,
 so chunking costs one evaluation per chunk at most.
+
+`MinibatchLBFGS` is the minibatch form that Hinton & Salakhutdinov (2006) fine-tuned their DBN
+and deep autoencoder with (conjugate gradients, three line searches on each batch of 1000):
+a few L-BFGS iterations on each minibatch, restarted from scratch on the next, the cost and
+gradient averaged over ranks by one allreduce per evaluation.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from hvdl import dist
 
 Objective = Callable[[], torch.Tensor]  # sets .grad to the global gradient; returns the cost
 
@@ -87,3 +95,45 @@ def minimize(params: Sequence[torch.Tensor], objective: Objective, *, iterations
     optimizer.zero_grad(set_to_none=True)
     return {"iterations": done, "evaluations": memory["evaluations"], "converged": converged,
             "cost": cost}
+
+
+class MinibatchLBFGS(torch.optim.Optimizer):
+    """A few L-BFGS iterations on each minibatch, every rank in lockstep on the global batch.
+
+    `step(closure)` takes a closure that returns this rank's mean loss on its part of the
+    minibatch (it need not call backward); every evaluation averages the loss and the gradients
+    over ranks in one allreduce, so with equal parts per rank all ranks take the step one
+    process would take on the whole minibatch. The curvature history starts afresh each step.
+    The learning rate of the param groups is not used (the line search chooses the step).
+    """
+
+    takes_closure = True  # engine.train_epoch hands it the batch's loss as a closure
+
+    def __init__(self, params: Any, *, iterations: int = 3, history: int = 10) -> None:
+        super().__init__(params, {"lr": 1.0})
+        self.iterations, self.history = iterations, history
+        self.sync_seconds = 0.0
+
+    def step(self, closure: Objective | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("MinibatchLBFGS.step needs a closure returning the batch's loss")
+        params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+        def objective() -> torch.Tensor:
+            for p in params:
+                p.grad = None
+            with torch.enable_grad():
+                loss = closure()
+                loss.backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([loss.detach().reshape(1).to(params[0].dtype)]
+                             + [g.reshape(-1) for g in grads])  # (1 + n_params,)
+            if dist.world_size() > 1:
+                started = time.perf_counter()
+                dist.allreduce_mean_(flat, f"lbfgs.batch.{len(flat)}")
+                self.sync_seconds += time.perf_counter() - started
+            set_grads(params, flat[1:].split([p.numel() for p in params]))
+            return flat[0]
+
+        report = minimize(params, objective, iterations=self.iterations, history=self.history)
+        return torch.tensor(report["cost"])

@@ -34,6 +34,7 @@ COLUMNS = [("train_cost", "train cost", "{:.4f}"), ("train_recon", "train recon.
            ("heldout_recon", "held-out recon.", "{:.3f}"),
            ("free_energy_gap", "free-energy gap", "{:.3f}"),
            ("test.cost", "test cost", "{:.4f}"), ("test.accuracy", "test accuracy", "{:.2%}"),
+           ("test.squared_error", "test squared error", "{:.3f}"),
            ("seconds", "seconds", "{:.1f}"), ("samples_per_s", "samples/s", "{:.0f}")]
 
 

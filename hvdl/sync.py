@@ -160,6 +160,8 @@ def wrap(optimizer: torch.optim.Optimizer, model: torch.nn.Module,
          config: Config) -> torch.optim.Optimizer:
     """The optimizer that keeps the ranks in step as `config.perf` asks (see the docstring)."""
     perf = config.perf
+    if getattr(optimizer, "takes_closure", False):
+        return optimizer  # minibatch L-BFGS averages its own cost and gradients
     if perf.sync == "average":
         wrapped = _subclass(ParameterAveraging, optimizer)
         wrapped._setup(every=perf.sync_every)

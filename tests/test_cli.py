@@ -125,6 +125,9 @@ BAD_INPUT = {
                                          "'elastic' is true but the job was started without"),
     "elastic-for-another-family": (lambda t: ["--model", "sae_mnist", "--elastic"],
                                    "allowed: elastic training for cnn only"),
+    "finetune-batch-larger-than-shard": (
+        lambda t: ["--model", "dbn_small", "--train_size", "1000", "--rbm.finetune_batch_size",
+                   "5000"], "'rbm.finetune_batch_size' is 5000, larger than a shard's 960"),
 }
 
 

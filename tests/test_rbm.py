@@ -262,6 +262,8 @@ def test_recipe_runs_a_few_steps_and_keeps_each_stage(tmp_path, recipe):
         assert "confusion matrix" in stdout and "error" in metrics["final"]["test"]
     if recipe.startswith("deep_ae"):
         assert metrics["final"]["pca_squared_error"] > 0
+        (epoch,) = metrics["finetune"]  # the test figure of each fine-tuning epoch
+        assert epoch["test"]["squared_error"] == pytest.approx(metrics["final"]["squared_error"])
 
 
 @pytest.mark.slow
@@ -272,3 +274,35 @@ def test_deep_autoencoder_trains_on_two_ranks(tmp_path):
     (run_dir,) = list(tmp_path.iterdir())
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert 0 < final["squared_error"] < 100 and 0 < final["pca_squared_error"] < 100
+
+
+@pytest.mark.slow
+def test_minibatch_lbfgs_on_two_ranks_equals_one_process_on_the_global_batch(tmp_path):
+    """Test that MinibatchLBFGS on 2 ranks, each with half of every minibatch, takes the steps
+    one process takes on the whole minibatches (float64, within 1e-9), the ranks in lockstep."""
+    runs = {}
+    for np_ in (1, 2):
+        out = tmp_path / f"np{np_}.json"
+        check_job(np_, ["tests/jobs/lbfgs_batches.py", str(out)], "gloo")
+        runs[np_] = json.loads(out.read_text())
+    assert runs[2]["size"] == 2 and runs[2]["ranks_agree"]
+    assert all(runs[1]["lowered"])  # each step lowered the cost of its minibatch
+    np.testing.assert_allclose(runs[2]["weights"], runs[1]["weights"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(runs[2]["losses"], runs[1]["losses"], rtol=0, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_dbn_fine_tunes_the_top_layer_first_then_all_by_minibatch_lbfgs(tmp_path):
+    """Test that `rbm.top_epochs` trains the softmax alone (lower layers unchanged) before the
+    whole net, here by minibatch L-BFGS on batches of `rbm.finetune_batch_size`."""
+    stdout = check_job(1, ["-m", "hvdl.train", "--model", "dbn_small", *TINY, "--optimizer",
+                           "lbfgs", "--rbm.top_epochs", "1", "--rbm.finetune_batch_size", "50",
+                           "--results_dir", str(tmp_path)], launcher="python")
+    (run_dir,) = list(tmp_path.iterdir())
+    stages = {p.stem: torch.load(p)["model"] for p in (run_dir / "stages").glob("*.pt")}
+    assert set(stages) == {"pretrain1", "pretrain2", "finetune_top", "finetune"}
+    top, pretrained = stages["finetune_top"], stages["pretrain1"]
+    torch.testing.assert_close(top["0.weight"], pretrained["W"].T, rtol=0, atol=0)
+    assert not torch.equal(stages["finetune"]["0.weight"], top["0.weight"])
+    assert not torch.equal(stages["finetune"]["4.weight"], top["4.weight"])
+    assert "finetune_top epoch 1:" in stdout and "finetune epoch 1:" in stdout

@@ -8,8 +8,11 @@
 Stages, each with its own progress bar, TensorBoard prefix and weights file `stages/<name>.pt`:
 `pretrain1` … `pretrainL` train the RBMs greedily by CD-k, each on the hidden probabilities of
 the one below; then for `dbn` a softmax layer goes on top and the whole stack is fine-tuned by
-backprop (`finetune`, engine.fit), for `deep_ae` the stack is unrolled into an autoencoder and
-fine-tuned on cross-entropy, and 30-component PCA is computed as the baseline.
+backprop (`finetune`, engine.fit), after `rbm.top_epochs` of the softmax layer alone
+(`finetune_top`) if asked; for `deep_ae` the stack is unrolled into an autoencoder and
+fine-tuned on cross-entropy, and 30-component PCA is computed as the baseline. Fine-tuning
+takes SGD, Adam, or with `optimizer = "lbfgs"` the minibatch L-BFGS of hvdl/lbfgs.py (the
+publications' method: a few line searches on each batch of 1000, `rbm.finetune_batch_size`).
 
 One CD update: every rank computes the positive and negative statistics of its own batch and
 writes them as `.grad`; the data-parallel optimizer (`sync.wrap`: a Horovod allreduce) averages
@@ -49,6 +52,11 @@ def train(config: Config, ctx: Context, run: RunLog,
           state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain the stack, then fine-tune it (dbn, deep_ae); returns the final figures."""
     train_shard, test_shard = load_data(config, ctx)
+    # Fine-tuning batches (checked before pretraining); a DBN's targets are the labels, a deep
+    # autoencoder's its input.
+    tuning = (rebatched(train_shard, config.rbm.finetune_batch_size,
+                        targets=config.family == "dbn")
+              if config.family in ("dbn", "deep_ae") else None)
     rbms = build_stack(config, ctx)
     result: dict[str, Any] = {}
     # A resumed fine-tuning checkpoint holds the whole model: pretraining is not repeated.
@@ -56,9 +64,9 @@ def train(config: Config, ctx: Context, run: RunLog,
         result["pretrain"] = pretrain(rbms, train_shard, test_shard, config, ctx, run)
         state = None
     if config.family == "dbn":
-        result.update(finetune_classifier(rbms, train_shard, test_shard, config, ctx, run, state))
+        result.update(finetune_classifier(rbms, tuning, test_shard, config, ctx, run, state))
     elif config.family == "deep_ae":
-        result.update(finetune_autoencoder(rbms, train_shard, test_shard, config, ctx, run, state))
+        result.update(finetune_autoencoder(rbms, tuning, test_shard, config, ctx, run, state))
     return result
 
 
@@ -269,17 +277,42 @@ def finetune_classifier(rbms: list[RBM], train_shard: DeviceShard, test_shard: D
     classes = config.layers[-1]
     generator = torch.Generator().manual_seed(config.seed + 1)
     model = rbm_models.classifier(rbms, classes, generator=generator).to(ctx.device)
-    stage = engine.Stage(
-        name="finetune", model=model, loss=F.cross_entropy, epochs=config.rbm.finetune_epochs,
-        lr=config.rbm.finetune_lr,
-        evaluate=lambda: metrics.evaluate_classifier(model, test_shard.batches(0), classes,
-                                                     name="finetune.eval"))
-    final = engine.fit(stage, train_shard, config, ctx, run, state=state)
+
+    def stage(name: str, epochs: int) -> engine.Stage:
+        return engine.Stage(
+            name=name, model=model, loss=F.cross_entropy, epochs=epochs,
+            lr=config.rbm.finetune_lr,
+            evaluate=lambda: metrics.evaluate_classifier(model, test_shard.batches(0), classes,
+                                                         name=f"{name}.eval"))
+
+    if config.rbm.top_epochs and state is None:  # a resumed `finetune` has done this stage
+        lower = [p for layer in model[:-1] for p in layer.parameters()]
+        for p in lower:
+            p.requires_grad_(False)
+        engine.fit(stage("finetune_top", config.rbm.top_epochs), train_shard, config, ctx, run)
+        for p in lower:
+            p.requires_grad_(True)
+        save_stage(run, "finetune_top", model, config)
+    final = engine.fit(stage("finetune", config.rbm.finetune_epochs), train_shard, config, ctx,
+                       run, state=state)
     save_stage(run, "finetune", model, config)
     test = final.get("test", {})
     for line in classification_report(test):
         run.print(line)
     return {"test": test}
+
+
+def rebatched(shard: DeviceShard, batch_size: int, *, targets: bool = True) -> DeviceShard:
+    """The training shard in fine-tuning batches of `batch_size` (0: unchanged), covering the
+    same examples per epoch with the same number of steps on every rank."""
+    size = batch_size or shard.batch_size
+    examples = shard.steps * shard.batch_size
+    if size > examples:
+        raise configlib.ConfigError(f"config key 'rbm.finetune_batch_size' is {size}, larger "
+                                    f"than a shard's {examples} examples; allowed: 0 (batch_size) "
+                                    f"or 1 to {examples}")
+    return DeviceShard(shard.x, shard.y if targets else None, batch_size=size,
+                       steps=examples // size, seed=shard.seed)
 
 
 def classification_report(test: dict[str, Any]) -> list[str]:
@@ -295,6 +328,12 @@ def classification_report(test: dict[str, Any]) -> list[str]:
     return lines
 
 
+@torch.no_grad()
+def test_reconstruction(model: rbm_models.DeepAutoencoder, test: DeviceShard) -> dict[str, float]:
+    """The per-epoch test figure of fine-tuning: average squared error per test image."""
+    return {"squared_error": squared_error(model.reconstruct, test.x, "finetune.eval.sq")}
+
+
 def finetune_autoencoder(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
                          config: Config, ctx: Context, run: RunLog,
                          state: dict[str, Any] | None) -> dict[str, Any]:
@@ -302,11 +341,10 @@ def finetune_autoencoder(rbms: list[RBM], train_shard: DeviceShard, test_shard: 
     model = rbm_models.unroll(rbms)
     before = squared_error(model.reconstruct, test_shard.x, "unrolled.sq")
     run.print(f"unrolled autoencoder before fine-tuning: test squared error {before:.3f}")
-    pixels = DeviceShard(train_shard.x, None, batch_size=train_shard.batch_size,
-                         steps=train_shard.steps, seed=train_shard.seed)  # target = input
     stage = engine.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
-                         epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr)
-    final = engine.fit(stage, pixels, config, ctx, run, state=state)
+                         epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
+                         evaluate=lambda: test_reconstruction(model, test_shard))
+    final = engine.fit(stage, train_shard, config, ctx, run, state=state)
     save_stage(run, "finetune", model, config)
     after = squared_error(model.reconstruct, test_shard.x, "finetune.sq")
     pca = fit_pca(train_shard.x.split(CHUNK), n_components=config.layers[-1])
