@@ -81,7 +81,10 @@ if ! compgen -G "$wheel_dir/horovod-*.whl" >/dev/null; then
     "$root/launch/build-horovod.sh" "$py" "$horovod_version" "$wheel_dir"
 fi
 "${pip[@]}" install "$wheel_dir"/horovod-*.whl
-"$venv/bin/horovodrun" --check-build | grep -q '\[X\] PyTorch' || {
+# Read the whole report before matching: `grep -q` would close the pipe at the first match and
+# horovodrun, still printing, would fail on the broken pipe.
+build=$("$venv/bin/horovodrun" --check-build)
+grep -q '\[X\] PyTorch' <<<"$build" || {
     say "Horovod was built without PyTorch support; remove $wheel_dir and run again"
     exit 1
 }
