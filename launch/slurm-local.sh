@@ -71,7 +71,8 @@ fi
 # --- the configuration ----------------------------------------------------------------------
 # `slurmd -C` prints this machine as a node line; a RealMemory above what slurmd measures would
 # drain the node, so leave 10% headroom.
-node=$(slurmd -C | head -1)
+node=$(slurmd -C)
+node=${node%%$'\n'*}  # its first line (no `head`: a closed pipe would fail under pipefail)
 cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$node")
 memory=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
 [[ -n $cpus && -n $memory ]] || fail 1 "could not read CPUs and RealMemory from slurmd -C: $node"
@@ -116,7 +117,8 @@ if [[ ! -f $conf || $(cat "$conf") != "$wanted" ]]; then
 fi
 
 # --- the daemons ----------------------------------------------------------------------------
-srun --mpi=list 2>&1 | grep -qw pmix || fail 1 "this Slurm has no pmix plugin (srun --mpi=list)"
+mpis=$(srun --mpi=list 2>&1) || true
+grep -qw pmix <<<"$mpis" || fail 1 "this Slurm has no pmix plugin (srun --mpi=list)"
 running "$spool/slurmctld.pid" || slurmctld -f "$conf" \
     || fail 1 "slurmctld did not start; see $logs/slurmctld.log"
 # The node is called localhost whatever the hostname is, so slurmd is told its name.
