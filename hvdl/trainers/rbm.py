@@ -273,7 +273,8 @@ def save_stage(run: RunLog, name: str, model: torch.nn.Module, config: Config) -
 def finetune_classifier(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
                         config: Config, ctx: Context, run: RunLog,
                         state: dict[str, Any] | None) -> dict[str, Any]:
-    """Softmax on top of the pretrained stack, the whole net fine-tuned by backprop."""
+    """Softmax on top of the pretrained stack, trained alone for `rbm.top_epochs` if asked, then
+    the whole net fine-tuned by backprop."""
     classes = config.layers[-1]
     generator = torch.Generator().manual_seed(config.seed + 1)
     model = rbm_models.classifier(rbms, classes, generator=generator).to(ctx.device)
