@@ -1,4 +1,4 @@
-"""Full-batch L-BFGS that every rank runs in lockstep, without broadcasting parameters.
+"""L-BFGS that every rank runs in lockstep, full-batch or per minibatch, without broadcasts.
 
     from hvdl.lbfgs import minimize
     report = minimize(params, objective, iterations=400, history=100)
