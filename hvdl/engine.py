@@ -118,20 +118,21 @@ def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: DeviceSha
     started, seen, batch, in_window = time.perf_counter(), 0, start, 0
     bar = run.progress(shard.batches(epoch, start), shard.steps - start,
                        f"{stage.name} epoch {epoch + 1}")
+    takes_closure = getattr(optimizer, "takes_closure", False)  # minibatch L-BFGS
+
+    def batch_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(shard.x.device.type, torch.bfloat16, enabled=config.perf.bf16):
+            return stage.loss(stage.model(x), target)
+
     with contextlib.closing(bar):  # a failed or stopped epoch clears its bar before the message
         for x, y in bar:
             set_lr(optimizer, schedule(step))
             target = y if y is not None else x
-
-            def batch_loss(x: torch.Tensor = x, target: torch.Tensor = target) -> torch.Tensor:
-                with torch.autocast(shard.x.device.type, torch.bfloat16, enabled=config.perf.bf16):
-                    return stage.loss(stage.model(x), target)
-
-            if getattr(optimizer, "takes_closure", False):
-                loss = optimizer.step(batch_loss)  # several evaluations, averaged over ranks
+            if takes_closure:  # several evaluations of this batch, averaged over ranks
+                loss = optimizer.step(lambda x=x, target=target: batch_loss(x, target))
             else:
                 optimizer.zero_grad()
-                loss = batch_loss()
+                loss = batch_loss(x, target)
                 loss.backward()
                 optimizer.step()
             total += loss.detach()
