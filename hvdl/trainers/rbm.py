@@ -340,14 +340,15 @@ def finetune_autoencoder(rbms: list[RBM], train_shard: DeviceShard, test_shard: 
                          state: dict[str, Any] | None) -> dict[str, Any]:
     """Unroll the stack, fine-tune on cross-entropy, compare with PCA of the same code size."""
     model = rbm_models.unroll(rbms)
-    before = squared_error(model.reconstruct, test_shard.x, "unrolled.sq")
+    before = test_reconstruction(model, test_shard)["squared_error"]
     run.print(f"unrolled autoencoder before fine-tuning: test squared error {before:.3f}")
     stage = engine.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
                          epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
                          evaluate=lambda: test_reconstruction(model, test_shard))
     final = engine.fit(stage, train_shard, config, ctx, run, state=state)
     save_stage(run, "finetune", model, config)
-    after = squared_error(model.reconstruct, test_shard.x, "finetune.sq")
+    # The last epoch's evaluation is the final figure (none when there are no epochs).
+    after = (final.get("test") or test_reconstruction(model, test_shard))["squared_error"]
     pca = fit_pca(train_shard.x.split(CHUNK), n_components=config.layers[-1])
     baseline = squared_error(pca.reconstruct, test_shard.x, "pca.sq")
     figures = {"squared_error": after, "squared_error_before_finetune": before,
