@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hvdl import host
+
 # name -> (config.perf overrides, extra environment) of the hvdl variants.
 VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "hvdl": ({}, {}),  # the defaults: one fused allreduce per step
@@ -72,7 +74,7 @@ def threads_for(args: argparse.Namespace, ranks: int) -> int:
 
 # glibc's allocator as hvdl sets it (host.keep_freed_memory), given to every implementation so
 # that the comparison is between frameworks, not allocator settings.
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**30)}
+MALLOC = host.MALLOC_ENV
 
 
 def job_env(threads: int, extra: dict[str, str], malloc: bool = True) -> dict[str, str]:

@@ -8,9 +8,17 @@ import contextlib
 import ctypes
 import os
 import signal
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# glibc's allocator as hvdl sets it: keep freed blocks up to 32 MiB (M_MMAP_THRESHOLD, glibc's
+# largest allowed value) and up to 1 GiB of freed heap (M_TRIM_THRESHOLD). The same settings
+# as environment variables, for processes that are not hvdl's (hvdl/bench_launch.py).
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 2**20, 2**30
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+              "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 # The launcher environment variables that announce the number of tasks.
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS",
@@ -47,6 +55,8 @@ def cpu_threads(local_size: int, environ: dict[str, str] | None = None) -> int:
 
 def pick_device(local_rank: int) -> torch.device:
     """`cuda:<local rank>`, or `cuda:0` when the scheduler shows each task one GPU, else CPU."""
+    import torch  # here, so that launchers can use this module without loading torch
+
     if not torch.cuda.is_available():
         return torch.device("cpu")
     count = torch.cuda.device_count()
@@ -86,5 +96,5 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD (glibc's largest allowed value)
-    libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
+    libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
