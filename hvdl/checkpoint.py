@@ -35,16 +35,29 @@ def save(run_dir: Path | None, payload: dict[str, Any], *, step: int, keep: int)
     if run_dir is None:
         return None
     out = folder(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"step-{step:09d}.pt"
-    tmp = out / f".{path.name}.tmp"
+    path = write(out / f"step-{step:09d}.pt", payload)
+    for old in sorted(out.glob("step-*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def save_stage(run_dir: Path | None, name: str, model: torch.nn.Module, config: Config) -> None:
+    """Write a finished stage's weights to stages/<name>.pt; no-op off rank 0."""
+    if run_dir is not None:
+        write(run_dir / "stages" / f"{name}.pt", {"model": model.state_dict(),
+                                                  "config": configlib.to_dict(config),
+                                                  "stage": name})
+
+
+def write(path: Path, payload: dict[str, Any]) -> Path:
+    """torch.save to a temporary file beside `path`, flushed to disk, renamed over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    for old in sorted(out.glob("step-*.pt"))[:-keep]:
-        old.unlink()
     return path
 
 

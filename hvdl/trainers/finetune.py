@@ -1,0 +1,118 @@
+"""Fine-tuning a pretrained RBM stack by backprop: the DBN classifier and the deep autoencoder.
+
+Called by hvdl/trainers/rbm.py after greedy pretraining. The DBN gets a softmax layer on top,
+trained alone for `rbm.top_epochs` if asked (stage `finetune_top`), then the whole net
+(`finetune`); the deep autoencoder is unrolled with tied initial weights and fine-tuned on
+cross-entropy, its test error recorded after every epoch, with 30-component PCA as the
+baseline. Both train through engine.fit (SGD, Adam, or the minibatch L-BFGS of hvdl/lbfgs.py)
+on batches of `rbm.finetune_batch_size`, and keep their weights in stages/<name>.pt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hvdl import checkpoint, engine, metrics
+from hvdl import config as configlib
+from hvdl.config import Config
+from hvdl.data.shard import DeviceShard
+from hvdl.dist import Context
+from hvdl.models import rbm as rbm_models
+from hvdl.models.pca import fit_pca, squared_error
+from hvdl.models.rbm import RBM
+from hvdl.runlog import RunLog
+
+CHUNK = 1000  # examples per forward pass when fitting PCA
+
+
+def finetune_classifier(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
+                        config: Config, ctx: Context, run: RunLog,
+                        state: dict[str, Any] | None) -> dict[str, Any]:
+    """Softmax on top of the pretrained stack, trained alone for `rbm.top_epochs` if asked, then
+    the whole net fine-tuned by backprop."""
+    classes = config.layers[-1]
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    model = rbm_models.classifier(rbms, classes, generator=generator).to(ctx.device)
+
+    def stage(name: str, epochs: int) -> engine.Stage:
+        return engine.Stage(
+            name=name, model=model, loss=F.cross_entropy, epochs=epochs,
+            lr=config.rbm.finetune_lr,
+            evaluate=lambda: metrics.evaluate_classifier(model, test_shard.batches(0), classes,
+                                                         name=f"{name}.eval"))
+
+    if config.rbm.top_epochs and state is None:  # a resumed `finetune` has done this stage
+        lower = [p for layer in model[:-1] for p in layer.parameters()]
+        for p in lower:
+            p.requires_grad_(False)
+        engine.fit(stage("finetune_top", config.rbm.top_epochs), train_shard, config, ctx, run)
+        for p in lower:
+            p.requires_grad_(True)
+        checkpoint.save_stage(run.dir, "finetune_top", model, config)
+    final = engine.fit(stage("finetune", config.rbm.finetune_epochs), train_shard, config, ctx,
+                       run, state=state)
+    checkpoint.save_stage(run.dir, "finetune", model, config)
+    test = final.get("test", {})
+    for line in classification_report(test):
+        run.print(line)
+    return {"test": test}
+
+
+def rebatched(shard: DeviceShard, batch_size: int, *, targets: bool = True) -> DeviceShard:
+    """The training shard in fine-tuning batches of `batch_size` (0: unchanged), covering the
+    same examples per epoch with the same number of steps on every rank."""
+    size = batch_size or shard.batch_size
+    examples = shard.steps * shard.batch_size
+    if size > examples:
+        raise configlib.ConfigError(f"config key 'rbm.finetune_batch_size' is {size}, larger "
+                                    f"than a shard's {examples} examples; allowed: 0 (batch_size) "
+                                    f"or 1 to {examples}")
+    return DeviceShard(shard.x, shard.y if targets else None, batch_size=size,
+                       steps=examples // size, seed=shard.seed)
+
+
+def classification_report(test: dict[str, Any]) -> list[str]:
+    """Test error, per-class precision / recall / F1 and the confusion matrix, as text."""
+    if not test:
+        return []
+    lines = [f"test error {100 * test['error']:.2f}% ({test['count']} images), "
+             f"macro F1 {test['macro_f1']:.4f}", "class precision recall     f1"]
+    for c, (p, r, f) in enumerate(zip(test["precision"], test["recall"], test["f1"])):
+        lines.append(f"{c:5d} {p:9.4f} {r:6.4f} {f:6.4f}")
+    lines.append("confusion matrix (rows: true class, columns: predicted):")
+    lines += [" ".join(f"{v:5d}" for v in row) for row in test["confusion"]]
+    return lines
+
+
+@torch.no_grad()
+def test_reconstruction(model: rbm_models.DeepAutoencoder, test: DeviceShard) -> dict[str, float]:
+    """The per-epoch test figure of fine-tuning: average squared error per test image."""
+    return {"squared_error": squared_error(model.reconstruct, test.x, "finetune.eval.sq")}
+
+
+def finetune_autoencoder(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
+                         config: Config, ctx: Context, run: RunLog,
+                         state: dict[str, Any] | None) -> dict[str, Any]:
+    """Unroll the stack, fine-tune on cross-entropy, compare with PCA of the same code size."""
+    model = rbm_models.unroll(rbms)
+    before = test_reconstruction(model, test_shard)["squared_error"]
+    run.print(f"unrolled autoencoder before fine-tuning: test squared error {before:.3f}")
+    stage = engine.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
+                         epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
+                         evaluate=lambda: test_reconstruction(model, test_shard))
+    final = engine.fit(stage, train_shard, config, ctx, run, state=state)
+    checkpoint.save_stage(run.dir, "finetune", model, config)
+    # The last epoch's evaluation is the final figure (none when there are no epochs).
+    after = (final.get("test") or test_reconstruction(model, test_shard))["squared_error"]
+    pca = fit_pca(train_shard.x.split(CHUNK), n_components=config.layers[-1])
+    baseline = squared_error(pca.reconstruct, test_shard.x, "pca.sq")
+    figures = {"squared_error": after, "squared_error_before_finetune": before,
+               "pca_squared_error": baseline}
+    run.scalars(figures, final.get("epoch", 0), prefix="test/")
+    run.print(f"average squared test reconstruction error per image: autoencoder {after:.3f}, "
+              f"PCA ({config.layers[-1]} components) {baseline:.3f}")
+    return figures
+
