@@ -11,11 +11,11 @@ network, batch and synthetic data: `plain`, a single-process PyTorch loop with n
 `hvdl` at every requested world size (1 rank: the framework's overhead; N ranks under
 horovodrun); `ddp`, DistributedDataParallel with Gloo (NCCL on GPU) under torchrun; and any
 extra hvdl variants (hvdl/bench_launch.py `VARIANTS`: Horovod's per-tensor optimizer, fp16
-compression, no tensor fusion, other cycle times, parameter averaging). Repeats are
-interleaved so that a noisy machine spreads its noise over all variants; `--quiet-wait` and
-`--max-interference` wait for, and rerun after, other processes' load. Each job is a
-subprocess running hvdl/bench_worker.py; the figures are medians over repeats with their min
-and max. Writes `bench.json` (every run, the machine, versions and date), `bench.md` (the
+compression, no tensor fusion, other cycle times, parameter averaging, ranks bound to
+cores). Repeats are interleaved so that a noisy machine spreads its noise over all variants;
+`--quiet-wait` and `--max-interference` wait for, and rerun after, other processes' load. Each
+job is a subprocess running hvdl/bench_worker.py; the figures are medians over repeats with
+their min and max. Writes `bench.json` (every run, the machine, versions and date), `bench.md` (the
 table) and `bench.png` (throughput and scaling efficiency against ranks) into `--out`.
 Measured figures: results/bench/README.md.
 """

@@ -38,7 +38,11 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "hvdl-cycle5": ({"cycle_time_ms": "5"}, {}),
     "hvdl-noyield": ({}, {"OMPI_MCA_mpi_yield_when_idle": "0"}),  # Open MPI busy-polls
     "hvdl-average4": ({"sync": "average", "sync_every": "4"}, {}),
+    "hvdl-bindcore": ({}, {}),  # each rank (and its Horovod thread) bound to one core
 }
+
+# Open MPI's --bind-to for the hvdl variants under MPI; every other job floats over all cores.
+BINDING = {"hvdl-bindcore": "core"}
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -99,7 +103,7 @@ def command(impl: str, ranks: int, worker: list[str], controller: str) -> list[s
     if ranks == 1:
         return python
     horovodrun = str(Path(sys.executable).parent / "horovodrun")
-    mpi_args = ["--mpi-args=--oversubscribe --bind-to none" +
+    mpi_args = [f"--mpi-args=--oversubscribe --bind-to {BINDING.get(impl, 'none')}" +
                 (" --allow-run-as-root" if os.geteuid() == 0 else "")] \
         if controller == "mpi" else []
     return [horovodrun, f"--{controller}", *mpi_args, "-np", str(ranks), "-H",

@@ -75,6 +75,8 @@ def test_launch_commands_use_python_horovodrun_and_torchrun():
     assert bench_launch.command("hvdl", 1, worker, "mpi")[:3] == [sys.executable, "-m",
                                                            "hvdl.bench_worker"]
     assert "horovodrun" in bench_launch.command("hvdl-hooks", 2, worker, "gloo")[0]
+    assert "--bind-to none" in " ".join(bench_launch.command("hvdl", 2, worker, "mpi"))
+    assert "--bind-to core" in " ".join(bench_launch.command("hvdl-bindcore", 2, worker, "mpi"))
     ddp = bench_launch.command("ddp", 2, worker, "mpi")
     assert ddp[1:4] == ["-m", "torch.distributed.run", "--standalone"]
     assert "--nproc_per_node" in ddp and ddp[-2:] == worker
