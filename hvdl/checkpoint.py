@@ -68,16 +68,7 @@ def latest(run_dir: Path) -> Path | None:
 
 def load(path: Path, config: Config | None = None) -> dict[str, Any]:
     """Read a checkpoint; with `config`, check that it belongs to the same model."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; allowed: a file "
-                              "<run>/checkpoints/step-N.pt, or --resume auto")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged files
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
-                              f"({type(err).__name__}); use a complete hvdl checkpoint") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise CheckpointError(f"checkpoint {path} was not written by hvdl (no model and config)")
+    payload = read(path, "a file <run>/checkpoints/step-N.pt, or --resume auto")
     if config is not None:
         saved = payload["config"]
         mine = configlib.to_dict(config)
@@ -86,6 +77,20 @@ def load(path: Path, config: Config | None = None) -> dict[str, Any]:
                 raise CheckpointError(
                     f"checkpoint {path} is for {key} {saved.get(key)!r}, this run has "
                     f"{mine[key]!r}; resume with the recipe that wrote it")
+    return payload
+
+
+def read(path: Path, allowed: str) -> dict[str, Any]:
+    """A checkpoint or stage file's payload; CheckpointError (naming `allowed`) if unusable."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; allowed: {allowed}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
+                              f"({type(err).__name__}); use a complete hvdl checkpoint") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CheckpointError(f"checkpoint {path} was not written by hvdl (no model and config)")
     return payload
 
 

@@ -58,6 +58,8 @@ class RBMConfig:
     finetune_lr: float = 0.1  # learning rate of backprop fine-tuning
     finetune_batch_size: int = 0  # examples per rank per fine-tuning step (0: batch_size)
     top_epochs: int = 0  # DBN: epochs training the softmax layer alone before the whole net
+    pretrained: str = ""  # dbn, deep_ae: a run folder whose stages/pretrain<i>.pt are fine-tuned
+                          # instead of pretraining anew
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,9 @@ def validate(config: Config) -> None:
     if config.family != "cnn" and len(config.layers) < 2:
         raise ConfigError(f"config key 'layers' needs at least input and one hidden size for "
                           f"family {config.family!r}, got {config.layers}")
+    if config.rbm.pretrained and config.family not in ("dbn", "deep_ae"):
+        raise ConfigError(f"config key 'rbm.pretrained' is set for family {config.family!r}; "
+                          "allowed: families dbn and deep_ae, which fine-tune a saved stack")
     if config.elastic and config.family not in ELASTIC_FAMILIES:
         raise ConfigError(f"config key 'elastic' is true for family {config.family!r}; "
                           f"allowed: elastic training for {', '.join(ELASTIC_FAMILIES)} only")

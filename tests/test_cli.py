@@ -128,6 +128,13 @@ BAD_INPUT = {
     "finetune-batch-larger-than-shard": (
         lambda t: ["--model", "dbn_small", "--train_size", "1000", "--rbm.finetune_batch_size",
                    "5000"], "'rbm.finetune_batch_size' is 5000, larger than a shard's 960"),
+    "pretrained-stack-missing": (
+        lambda t: ["--model", "dbn_small", "--rbm.pretrained", str(t / "nowhere")],
+        "stages/pretrain1.pt does not exist; allowed: a run folder whose stages/ hold "
+        "pretrain1.pt, pretrain2.pt"),
+    "pretrained-for-a-single-rbm": (
+        lambda t: ["--model", "rbm_mnist", "--rbm.pretrained", str(t)],
+        "'rbm.pretrained' is set for family 'rbm'; allowed: families dbn and deep_ae"),
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from procs import ROOT, check_job
+from procs import ROOT, check_job, run_job
 from hvdl import dist
 from hvdl.models import pca as pca_module
 from hvdl.models.rbm import RBM, classifier, contrastive_divergence, make_stack, unroll
@@ -306,3 +306,36 @@ def test_dbn_fine_tunes_the_top_layer_first_then_all_by_minibatch_lbfgs(tmp_path
     assert not torch.equal(stages["finetune"]["0.weight"], top["0.weight"])
     assert not torch.equal(stages["finetune"]["4.weight"], top["4.weight"])
     assert "finetune_top epoch 1:" in stdout and "finetune epoch 1:" in stdout
+
+
+@pytest.mark.slow
+def test_dbn_fine_tunes_a_saved_stack_without_pretraining_it_again(tmp_path):
+    """Test that `rbm.pretrained` fine-tunes an earlier run's stack: no pretraining epochs, the
+    loaded weights kept as this run's stages; a stack of other sizes is refused in one line."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    check_job(1, ["-m", "hvdl.train", "--model", "dbn_small", *TINY,
+                  "--results_dir", str(first)], launcher="python")
+    (saved,) = list(first.iterdir())
+    stdout = check_job(1, ["-m", "hvdl.train", "--model", "dbn_small", *TINY,
+                           "--rbm.pretrained", str(saved), "--results_dir", str(second)],
+                       launcher="python")
+    (run_dir,) = list(second.iterdir())
+    assert "pretrain1 epoch" not in stdout and "finetune epoch 1:" in stdout
+    assert f"2 RBMs loaded from {saved}" in stdout
+    for name in ("pretrain1", "pretrain2"):
+        old, new = (torch.load(d / "stages" / f"{name}.pt")["model"] for d in (saved, run_dir))
+        assert old.keys() == new.keys()
+        for key in old:
+            torch.testing.assert_close(new[key], old[key], rtol=0, atol=0)
+    # The deep autoencoder's stack has other sizes and linear code units: refused, nothing kept.
+    refused = tmp_path / "refused"
+    proc = run_job(1, ["-m", "hvdl.train", "--model", "deep_ae_mnist", *TINY,
+                       "--rbm.pretrained", str(saved), "--results_dir", str(refused)],
+                   launcher="python")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.endswith("belongs to the stack 784-500-100 (bernoulli visible, bernoulli top "
+                         "hidden units); allowed: this run's stack, 784-1000-500-250-30 "
+                         "(bernoulli visible, "
+                         "linear top hidden units)"), line
+    assert not refused.exists() or not any(refused.iterdir())

@@ -3,12 +3,15 @@
     python -m hvdl.train --model rbm_mnist                       # one RBM, CD-1
     horovodrun -np 2 python -m hvdl.train --model dbn_mnist      # pretrain 3 RBMs, fine-tune
     horovodrun -np 2 python -m hvdl.train --model deep_ae_mnist --rbm.pretrain_epochs 10
+    horovodrun -np 2 python -m hvdl.train --model dbn_mnist --rbm.pretrained results/runs/<run>
     tensorboard --logdir results/runs
 
 Stages, each with its own progress bar, TensorBoard prefix and weights file `stages/<name>.pt`:
 `pretrain1` … `pretrainL` train the RBMs greedily by CD-k, each on the hidden probabilities of
 the one below; then `dbn` and `deep_ae` are fine-tuned by backprop (hvdl/trainers/finetune.py:
 `finetune_top` and `finetune` for the DBN, `finetune` of the unrolled deep autoencoder).
+`rbm.pretrained` names an earlier run folder whose saved stack is fine-tuned instead, for
+trying fine-tuning settings without pretraining again.
 
 One CD update: every rank computes the positive and negative statistics of its own batch and
 writes them as `.grad`; the data-parallel optimizer (`sync.wrap`: a Horovod allreduce) averages
@@ -22,11 +25,13 @@ Reference and measured results: hvdl/models/rbm.py, results/rbm/README.md.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from hvdl import checkpoint, dist, engine, sync, viz
+from hvdl import config as configlib
 from hvdl.config import Config
 from hvdl.data.loading import mnist_shards
 from hvdl.data.patches import sample_patches
@@ -43,18 +48,26 @@ MAX_FILTERS = 256  # filters shown in a stage's picture
 
 def train(config: Config, ctx: Context, run: RunLog,
           state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pretrain the stack, then fine-tune it (dbn, deep_ae); returns the final figures."""
+    """Pretrain the stack (or load a saved one), then fine-tune it (dbn, deep_ae); returns the
+    final figures."""
+    rbms = build_stack(config, ctx)
+    loaded = load_stack(rbms, config) if config.rbm.pretrained else None  # checked first
     train_shard, test_shard = load_data(config, ctx)
     # Fine-tuning batches (checked before pretraining); a DBN's targets are the labels, a deep
     # autoencoder's its input.
     tuning = (rebatched(train_shard, config.rbm.finetune_batch_size,
                         targets=config.family == "dbn")
               if config.family in ("dbn", "deep_ae") else None)
-    rbms = build_stack(config, ctx)
     result: dict[str, Any] = {}
     # A resumed fine-tuning checkpoint holds the whole model: pretraining is not repeated.
     if state is None or state.get("stage") != "finetune":
-        result["pretrain"] = pretrain(rbms, train_shard, test_shard, config, ctx, run)
+        if loaded is None:
+            result["pretrain"] = pretrain(rbms, train_shard, test_shard, config, ctx, run)
+        else:
+            run.print(f"pretraining: {len(rbms)} RBMs loaded from {config.rbm.pretrained}")
+            for i, rbm in enumerate(rbms, start=1):  # this run's folder keeps every stage it used
+                checkpoint.save_stage(run.dir, f"pretrain{i}", rbm, config)
+            result["pretrain"] = loaded
         state = None
     if config.family == "dbn":
         result.update(finetune_classifier(rbms, tuning, test_shard, config, ctx, run, state))
@@ -101,6 +114,39 @@ def build_stack(config: Config, ctx: Context) -> list[RBM]:
     rbms = rbm_models.make_stack(sizes, visible=config.rbm.visible,
                                  top_hidden=config.rbm.code_units, generator=generator)
     return [rbm.to(ctx.device) for rbm in rbms]
+
+
+def stack_of(config: dict[str, Any]) -> str:
+    """A saved or current config's RBM stack in words, e.g. "784-500-2000 (bernoulli visible,
+    bernoulli top hidden units)"."""
+    layers = config["layers"][:-1] if config["family"] == "dbn" else config["layers"]
+    rbm = config["rbm"]
+    return (f"{'-'.join(map(str, layers))} ({rbm['visible']} visible, {rbm['code_units']} top "
+            "hidden units)")
+
+
+def load_stack(rbms: list[RBM], config: Config) -> list[dict[str, Any]]:
+    """Load the stack from `rbm.pretrained`'s stages/pretrain<i>.pt instead of pretraining it.
+
+    Every rank reads the files (a run folder on storage all ranks see, as for `--resume`). The
+    saved stack must be this one: the same layer sizes and unit types; otherwise, or if a file
+    is missing or damaged, a CheckpointError says so before any data is loaded.
+    """
+    folder = Path(config.rbm.pretrained)
+    names = [f"pretrain{i}" for i in range(1, len(rbms) + 1)]
+    allowed = f"a run folder whose stages/ hold {', '.join(n + '.pt' for n in names)}"
+    mine = stack_of(configlib.to_dict(config))
+    payloads = []
+    for name in names:  # the first file's stack already tells a wrong folder
+        payloads.append(checkpoint.read(folder / "stages" / f"{name}.pt", allowed))
+        saved = stack_of(payloads[-1]["config"])
+        if saved != mine:
+            raise checkpoint.CheckpointError(
+                f"rbm.pretrained: {folder}/stages/{name}.pt belongs to the stack {saved}; "
+                f"allowed: this run's stack, {mine}")
+    for rbm, payload in zip(rbms, payloads):
+        rbm.load_state_dict(payload["model"])
+    return [{"loaded": str(folder / "stages" / f"{name}.pt")} for name in names]
 
 
 # --- greedy pretraining ----------------------------------------------------------------------
