@@ -238,7 +238,7 @@ def test_distributed_pca_equals_single_process_and_numpy(step_runs):
 
 RECIPE_STAGES = {"rbm_mnist": ["pretrain1"], "rbm_patches": ["pretrain1"],
                  "dbn_small": ["pretrain1", "pretrain2", "finetune"],
-                 "dbn_mnist": ["pretrain1", "pretrain2", "pretrain3", "finetune"],
+                 "dbn_mnist": ["pretrain1", "pretrain2", "pretrain3", "finetune_top", "finetune"],
                  "deep_ae_mnist": ["pretrain1", "pretrain2", "pretrain3", "pretrain4", "finetune"]}
 TINY = ["--max_steps", "3", "--train_size", "2000", "--rbm.pretrain_epochs", "1",
         "--rbm.finetune_epochs", "1", "--log_every", "2", "--patches.count", "2000"]
