@@ -11,7 +11,8 @@ workers to match, between `--min-np` and `--max-np`. On a single host horovodrun
 `--network-interface lo` (without it, it waits for a second host). README.md, "Elastic
 training", has the walk-through.
 
-Horovod's recipe (docs/elastic.rst), as used here for the cnn family (config.ELASTIC_FAMILIES):
+Horovod's recipe (docs/elastic.rst), as used here for the cnn family
+(hvdl/config_rules.py, ELASTIC_FAMILIES):
 - `TorchState` holds the model, the optimizer and the position: `epoch`, `seen` (examples of
   the epoch done, over all ranks) and the global `step`. Every `commit_every` steps and at each
   epoch's end `commit()` copies it in memory and checks whether hosts changed.
