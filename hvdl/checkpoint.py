@@ -20,9 +20,10 @@ import torch
 
 from hvdl import config as configlib
 from hvdl.config import Config
+from hvdl.errors import BadInput
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A checkpoint that cannot be used: missing, truncated, or from another model."""
 
 
@@ -41,12 +42,22 @@ def save(run_dir: Path | None, payload: dict[str, Any], *, step: int, keep: int)
     return path
 
 
-def save_stage(run_dir: Path | None, name: str, model: torch.nn.Module, config: Config) -> None:
-    """Write a finished stage's weights to stages/<name>.pt; no-op off rank 0."""
-    if run_dir is not None:
-        write(run_dir / "stages" / f"{name}.pt", {"model": model.state_dict(),
+def save_stage(run: Any, name: str, model: torch.nn.Module, config: Config) -> None:
+    """Write a finished stage's weights to stages/<name>.pt in `run`'s folder; off rank 0 a
+    no-op."""
+    if run.dir is not None:
+        write(run.dir / "stages" / f"{name}.pt", {"model": model.state_dict(),
                                                   "config": configlib.to_dict(config),
-                                                  "stage": name})
+                                                  "stage": name,
+                                                  "data": data_record(run.dataset)})
+
+
+def data_record(info: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a checkpoint keeps of the dataset: enough to read new data as training did."""
+    if info is None:
+        return None
+    return {k: info[k] for k in ("format", "path", "fingerprint", "features", "shape", "label",
+                                 "classes", "scale")}
 
 
 def write(path: Path, payload: dict[str, Any]) -> Path:
@@ -73,11 +84,18 @@ def load(path: Path, config: Config | None = None) -> dict[str, Any]:
         saved = payload["config"]
         mine = configlib.to_dict(config)
         for key in ("family", "layers"):
-            if saved.get(key) != mine[key]:
+            if not same(saved.get(key), mine[key]):
                 raise CheckpointError(
                     f"checkpoint {path} is for {key} {saved.get(key)!r}, this run has "
                     f"{mine[key]!r}; resume with the recipe that wrote it")
     return payload
+
+
+def same(saved: Any, mine: Any) -> bool:
+    """Whether a saved value matches this run's; a 0 in this run's layers comes from the data."""
+    if isinstance(mine, list) and isinstance(saved, list) and len(saved) == len(mine):
+        return all(m in (0, s) for s, m in zip(saved, mine))
+    return saved == mine
 
 
 def read(path: Path, allowed: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
     python -m hvdl.train --model lenet5 --epochs 5 --lr 0.02 --sae.rho 0.05
 
 A recipe is a TOML file in `models/` whose top-level keys set `Config` fields and whose tables
-(`[sae]`, `[rbm]`, `[patches]`, `[perf]`) set the fields of the matching section. On the command
+(`[sae]`, `[rbm]`, `[data]`, `[patches]`, `[perf]`) set the fields of the matching section. On the command
 line `--key value` (or `--key=value`) sets a top-level field and `--section.key value` a section
 field; a boolean field given alone (`--zca`) means true. Unknown keys, wrong types and values
 out of range raise `ConfigError` naming the key and what is allowed (hvdl/config_rules.py).
@@ -72,6 +72,32 @@ class PatchConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """The training data (hvdl/data/): a bundled dataset or the user's own files."""
+
+    format: str = ""  # mnist | patches | idx | npy | csv | parquet | hdf5 | images; "" means
+                      # from the path (mnist when there is none)
+    path: str = ""  # a file, a folder or a glob; several files are one dataset in sorted order
+    test_path: str = ""  # held-out data in the same format and layout
+    test_label: str = ""  # test_path's label files (npy, idx); "" means data.label
+    test_fraction: float = 0.0  # without test_path: this share held out, drawn from the seed
+    label: str = ""  # the label column, HDF5 key, NPY/IDX file or folder level (1: the image's
+                     # folder); "" means unlabelled data (for sae, rbm, deep_ae)
+    features: tuple[str, ...] = ()  # columns or the HDF5 key of the features (default: all but
+                                    # the label)
+    shape: tuple[int, ...] = ()  # one example's shape, e.g. [1, 28, 28] for the cnn family
+                                 # (default: the stored shape, else flat)
+    scale: str = "none"  # none | unit (x / 255) | standardize (training-set mean and standard
+                         # deviation) | minmax (training-set range to [0, 1]); per channel for
+                         # [C, H, W] and [H, W] examples, else per feature
+    memory: str = "auto"  # auto | device (the shard on the device) | stream (read as it trains)
+    budget_mb: float = 0  # largest shard held on the device (0: half its free memory / local ranks)
+    buffer_mb: float = 1024  # streaming buffer, and the shuffle window in either memory mode
+    chunk_mb: float = 4  # rows per chunk: this many MB of float32 features
+    cache_dir: str = ""  # where a gzip file is decompressed once per node ("": $TMPDIR/hvdl)
+
+
+@dataclass(frozen=True)
 class PerfConfig:
     """Synchronisation modes and Horovod knobs."""
 
@@ -93,10 +119,10 @@ class Config:
 
     recipe: str = "lenet5"  # recipe name (file stem in models/), set by the loader
     family: str = "cnn"  # cnn | sae | stacked_ae | rbm | dbn | deep_ae
-    dataset: str = "mnist"  # mnist | patches
-    data_dir: str = ""  # data folder; "" means $HVDL_DATA, else the project's data/
+    data_dir: str = ""  # MNIST's folder; "" means $HVDL_DATA, else the project's data/
     train_size: int = 0  # use the first N training examples (0: all)
-    layers: tuple[int, ...] = ()  # unit counts, input first, e.g. (784, 500, 500, 2000, 10)
+    layers: tuple[int, ...] = ()  # unit counts, input first, e.g. (784, 500, 500, 2000, 10); a 0
+                                  # first (inputs) or last (classes) is taken from the data
     optimizer: str = "sgd"  # sgd | adam | lbfgs
     lbfgs_batch_iterations: int = 3  # L-BFGS iterations per minibatch (optimizer = "lbfgs")
     epochs: int = 3  # passes over the training data
@@ -122,11 +148,13 @@ class Config:
     max_steps: int = 0  # stop after this many steps (0: no limit); for smoke tests
     sae: SAEConfig = field(default_factory=SAEConfig)
     rbm: RBMConfig = field(default_factory=RBMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
 
 
-SECTIONS = {"sae": SAEConfig, "rbm": RBMConfig, "patches": PatchConfig, "perf": PerfConfig}
+SECTIONS = {"sae": SAEConfig, "rbm": RBMConfig, "data": DataConfig, "patches": PatchConfig,
+            "perf": PerfConfig}
 
 
 def models_dir() -> Path:
@@ -228,6 +256,9 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> Config:
     """Inverse of `to_dict` (for checkpoints and resolved configs)."""
+    data = dict(data)
+    if "dataset" in data:  # configs saved before the [data] section named the dataset so
+        data["data"] = {"format": data.pop("dataset"), **data.get("data", {})}
     return build(flatten(data, "saved config"))
 
 

@@ -28,11 +28,12 @@ from typing import Any, Iterator
 
 import torch
 
+from hvdl.errors import BadInput
 from hvdl.host import (cpu_threads, keep_freed_memory, launcher_size, main_thread_signals,
                        pick_device)
 
 
-class LaunchError(RuntimeError):
+class LaunchError(BadInput):
     """The launcher and Horovod disagree about the job (for example a Gloo-only build under srun)."""
 
 
@@ -231,9 +232,11 @@ def local_root_first(ctx: Context) -> Iterator[None]:
     try:
         if ctx.local_rank != 0:
             wait()
-        yield
-        if ctx.local_rank == 0:
-            wait()
+        try:
+            yield
+        finally:  # a failed body on local rank 0 still lets the others go on (and fail too)
+            if ctx.local_rank == 0:
+                wait()
     finally:
         if local is not None:
             local.Free()

@@ -48,11 +48,11 @@ from typing import Any, Callable
 
 from hvdl import dist, engine, preemption
 from hvdl.config import Config
-from hvdl.data.shard import DeviceShard
+from hvdl.data.shard import Shard
 from hvdl.dist import Context
 from hvdl.runlog import RunLog
 
-ShardsFn = Callable[[Context], tuple[DeviceShard, DeviceShard]]  # (train, test) of a rank
+ShardsFn = Callable[[Context], tuple[Shard, Shard]]  # (train, test) of a rank
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class World:
     ctx: Context
     epochs: int
     lr: float
-    train: DeviceShard | None = None
-    test: DeviceShard | None = None
+    train: Shard | None = None
+    test: Shard | None = None
     tracked: Any = None  # the TorchState, once made
 
     def refresh(self) -> None:
@@ -102,7 +102,7 @@ class World:
         return Shifted(inner, position - self.tracked.step)
 
 
-def fit(stage: engine.Stage, shards: ShardsFn, evaluate: Callable[[DeviceShard], dict[str, Any]],
+def fit(stage: engine.Stage, shards: ShardsFn, evaluate: Callable[[Shard], dict[str, Any]],
         config: Config, ctx: Context, run: RunLog,
         state: dict[str, Any] | None = None) -> dict[str, Any]:
     """engine.fit's elastic twin: `shards(ctx)` and `evaluate(test)` are redone after resets."""

@@ -27,7 +27,7 @@ import torch
 from hvdl import checkpoint, dist, lbfgs, metrics, preemption, sync
 from hvdl import config as configlib
 from hvdl.config import Config
-from hvdl.data.shard import DeviceShard
+from hvdl.data.shard import Shard
 from hvdl.dist import Context
 from hvdl.runlog import RunLog
 
@@ -104,7 +104,7 @@ class Stage:
 StepHook = Callable[[int, int], None]  # called after each step with (batch in epoch, step)
 
 
-def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: DeviceShard,
+def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: Shard,
                 schedule: Schedule, *, epoch: int, step: int, run: RunLog, config: Config,
                 start: int = 0, after_step: StepHook | None = None) -> tuple[float, int]:
     """One epoch of minibatch steps from batch `start`; returns (mean loss over ranks, next step).
@@ -113,15 +113,15 @@ def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: DeviceSha
     any rank stops every rank at the same step with `NonFiniteLoss`.
     """
     stage.model.train()
-    total = torch.zeros((), device=shard.x.device)
-    window = torch.zeros((), device=shard.x.device)
+    total = torch.zeros((), device=shard.device)
+    window = torch.zeros((), device=shard.device)
     started, seen, batch, in_window = time.perf_counter(), 0, start, 0
     bar = run.progress(shard.batches(epoch, start), shard.steps - start,
                        f"{stage.name} epoch {epoch + 1}")
     takes_closure = getattr(optimizer, "takes_closure", False)  # minibatch L-BFGS
 
     def batch_loss(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(shard.x.device.type, torch.bfloat16, enabled=config.perf.bf16):
+        with torch.autocast(shard.device.type, torch.bfloat16, enabled=config.perf.bf16):
             return stage.loss(stage.model(x), target)
 
     with contextlib.closing(bar):  # a failed or stopped epoch clears its bar before the message
@@ -188,7 +188,8 @@ class Checkpointer:
         rngs = dist.allgather_object(checkpoint.rng_state(), name=f"{self.stage.name}.rng")
         payload = {"model": self.stage.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                    "config": configlib.to_dict(self.config), "stage": self.stage.name,
-                   "epoch": self.epoch, "batch": batch, "step": step, "rng": rngs}
+                   "epoch": self.epoch, "batch": batch, "step": step, "rng": rngs,
+                   "data": checkpoint.data_record(self.run.dataset)}
         checkpoint.save(self.run.dir, payload, step=step, keep=self.config.keep_checkpoints)
 
     def after_step(self, batch: int, step: int) -> None:
@@ -230,7 +231,7 @@ def restore(stage: Stage, optimizer: torch.optim.Optimizer, state: dict[str, Any
     return state["epoch"], state.get("batch", 0), state["step"]
 
 
-def fit(stage: Stage, shard: DeviceShard, config: Config, ctx: Context, run: RunLog,
+def fit(stage: Stage, shard: Shard, config: Config, ctx: Context, run: RunLog,
         state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `stage` for its epochs data-parallel; evaluate and checkpoint after each epoch.
 

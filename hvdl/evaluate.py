@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hvdl import checkpoint, dist, metrics
 from hvdl import config as configlib
-from hvdl.data.loading import mnist_shards
+from hvdl.data import dataset
 from hvdl.train import BAD_INPUT, TRAINERS, fail, launcher_rank
 
 
@@ -56,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_INPUT as err:
         raise fail(str(err), launcher_rank() == 0) from None
     ctx = dist.init(threads=config.threads or None)
-    model = trainer.build_classifier(config, ctx)
+    try:
+        data = dataset.load(config, ctx, labels=True, images=config.family == "cnn",
+                            given=payload.get("data"), splits=("test",))
+    except BAD_INPUT as err:
+        raise fail(str(err), ctx.is_root) from None
+    model = trainer.build_classifier(config, ctx, data.info)
     model.load_state_dict(payload["model"])
-    _, test = mnist_shards(config, ctx, flatten=config.family != "cnn",
-                           standardize=config.family == "cnn")
-    report = metrics.evaluate_classifier(model, test.batches(0))
+    report = metrics.evaluate_classifier(model, data.test.scan(), len(data.classes))
     if ctx.is_root:
         print(format_report(report))
         if args.out:

@@ -69,6 +69,7 @@ class RunLog:
         self.is_root = is_root
         self.dir: Path | None = None
         self.metrics: dict[str, Any] = {}
+        self.dataset: dict[str, Any] | None = None  # what data.json records; checkpoints too
         self._writer = None
         if not is_root:
             return
@@ -152,6 +153,19 @@ class RunLog:
         if self.is_root:
             self.metrics.update(metrics)
             self.write_json("metrics.json", self.metrics)
+
+    def record_data(self, info: dict[str, Any]) -> None:
+        """The dataset's record: data.json, and its summary in metadata.json."""
+        self.dataset = info
+        if not self.is_root:
+            return
+        self.write_json("data.json", info)
+        path = self.dir / "metadata.json"
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+        meta["data"] = {k: info[k] for k in ("format", "path", "test", "file_count",
+                                             "fingerprint", "rows", "features", "label",
+                                             "classes", "memory")}
+        self.write_json("metadata.json", meta)
 
     def write_metadata(self, *, world_size: int, inventory: list[dict[str, Any]],
                        extra: dict[str, Any] | None = None) -> None:

@@ -30,20 +30,16 @@ from typing import Any
 
 from hvdl import checkpoint, dist
 from hvdl import config as configlib
-from hvdl.checkpoint import CheckpointError
 from hvdl.config import Config, ConfigError
-from hvdl.data.idx import IdxError
-from hvdl.data.mnist import MissingDataError
-from hvdl.data.patches import PatchSourceError
 from hvdl.dist import LaunchError
 from hvdl.engine import NonFiniteLoss
+from hvdl.errors import BadInput
 from hvdl.preemption import Stopped
 from hvdl.runlog import RunLog
 
 TRAINERS = {"cnn": "cnn", "sae": "autoencoder", "stacked_ae": "autoencoder",
             "rbm": "rbm", "dbn": "rbm", "deep_ae": "rbm"}
-BAD_INPUT = (ConfigError, CheckpointError, IdxError, MissingDataError, PatchSourceError,
-             LaunchError)
+BAD_INPUT = BadInput
 USAGE = """usage: python -m hvdl.train [--model RECIPE] [--KEY VALUE ...]
 recipes: {recipes}
 keys: see hvdl/config.py (sections as --sae.rho 0.1); a resolved config.toml is in each run folder

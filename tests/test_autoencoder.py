@@ -263,11 +263,12 @@ def test_filter_grid_tiles_and_normalises_filters():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"dataset": "patches"}, "needs dataset 'mnist'"),
+    ({"layers": "784,10"}, "needs layers \\[inputs, hidden..., classes\\]"),
     ({"sae.finetune_optimizer": "rmsprop"}, "allowed: lbfgs, sgd, adam"),
 ])
 def test_stacked_autoencoder_config_errors_name_the_key(overrides, message):
-    """Test that a stack on patches or an unknown fine-tuning optimizer is a ConfigError."""
+    """Test that a stack without hidden layers or an unknown fine-tuning optimizer is a
+    ConfigError."""
     from hvdl import config as configlib
     from hvdl.trainers.autoencoder import check_stacked
 

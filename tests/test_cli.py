@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from baddata import DATA_CASES, DEFAULTS
 from procs import ROOT, job_env, run_job
 
 
@@ -113,7 +114,7 @@ BAD_INPUT = {
     "train-size-beyond-data": (lambda t: ["--train_size", "70000"],
                                "'train_size' is 70000, the training set has 60000"),
     "corrupt-data-file": (lambda t: ["--data_dir", str(corrupt_mnist(t))],
-                          "train-images-idx3-ubyte.gz: corrupt gzip data"),
+                          "train-images-idx3-ubyte.gz: corrupt or truncated gzip data"),
     "checkpoint-of-another-model": (lambda t: ["--resume", str(sae_checkpoint(t))],
                                     "is for family 'sae', this run has 'cnn'"),
     "truncated-checkpoint": (lambda t: ["--resume", str(truncated_checkpoint(t))],
@@ -127,7 +128,7 @@ BAD_INPUT = {
                                    "allowed: elastic training for cnn only"),
     "finetune-batch-larger-than-shard": (
         lambda t: ["--model", "dbn_small", "--train_size", "1000", "--rbm.finetune_batch_size",
-                   "5000"], "'rbm.finetune_batch_size' is 5000, larger than a shard's 960"),
+                   "5000"], "'rbm.finetune_batch_size' is 5000, larger than a shard of 1000"),
     "pretrained-stack-missing": (
         lambda t: ["--model", "dbn_small", "--rbm.pretrained", str(t / "nowhere")],
         "stages/pretrain1.pt does not exist; allowed: a run folder whose stages/ hold "
@@ -135,6 +136,8 @@ BAD_INPUT = {
     "pretrained-for-a-single-rbm": (
         lambda t: ["--model", "rbm_mnist", "--rbm.pretrained", str(t)],
         "'rbm.pretrained' is set for family 'rbm'; allowed: families dbn and deep_ae"),
+    **{f"data: {case}": (lambda t, make=make: [*DEFAULTS, *make(t)], words)
+       for case, (make, words) in DATA_CASES.items()},
 }
 
 

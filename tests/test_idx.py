@@ -12,6 +12,7 @@ import pytest
 
 from hvdl.data.idx import IdxError, read_idx, write_idx
 from hvdl.data.mnist import FILES, MissingDataError, load_mnist, resolve_data_dir
+from hvdl.errors import BadInput
 
 DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]
 
@@ -159,7 +160,7 @@ def test_missing_files(tmp_path: Path) -> None:
     assert message.startswith(f"MNIST file train-images-idx3-ubyte.gz is missing from {tmp_path}")
     assert f"run `hvdl fetch mnist --data-dir {tmp_path}`" in message
     assert "set HVDL_DATA to a folder holding the four MNIST files" in message
-    assert "\n" not in message and isinstance(info.value, FileNotFoundError)
+    assert "\n" not in message and isinstance(info.value, BadInput)
 
 
 def test_mnist_subfolder_and_split_name(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Natural-image patches: sources, per-rank draws, UFLDL normalisation, ZCA and whitening."""
+"""Natural-image patches: sources, the draw, UFLDL normalisation, ZCA and whitening."""
 
 import threading
 
@@ -9,6 +9,7 @@ import torch
 from skimage import io
 
 from hvdl.data import patches as P
+from hvdl.data.chunks import Piece
 
 
 def simulated_ranks(work, shards):
@@ -41,27 +42,17 @@ def write_mat(path, images):
     return path
 
 
-def test_rank_counts_share_the_total():
-    """Test that rank r draws count//N (+1 for the first count % N ranks), summing to count."""
-    assert [P.rank_count(10, r, 3) for r in range(3)] == [4, 3, 3]
-    assert sum(P.rank_count(10001, r, 4) for r in range(4)) == 10001
-
-
-def test_positions_are_in_bounds_disjoint_between_ranks_and_reproducible():
-    """Test that ranks draw in-bounds positions, none shared between ranks, the same per seed."""
+def test_positions_are_in_bounds_distinct_and_reproducible():
+    """Test that the draw gives in-bounds positions, none twice, the same for the same seed."""
     shapes = [(20, 30), (12, 12), (40, 9)]
-    draws = [P.draw_positions(shapes, 300, 8, seed=7, rank=r, ranks=3) for r in range(3)]
-    assert [len(d) for d in draws] == [100, 100, 100]
-    for d in draws:
-        heights = np.array([shapes[i][0] for i in d[:, 0]])
-        widths = np.array([shapes[i][1] for i in d[:, 0]])
-        assert np.all(d[:, 1] + 8 <= heights) and np.all(d[:, 2] + 8 <= widths)
-        assert np.all(d >= 0)
-    keys = [{tuple(row) for row in d} for d in draws]
-    assert sum(len(k) for k in keys) == 300  # distinct within and between ranks
-    assert np.array_equal(draws[1], P.draw_positions(shapes, 300, 8, seed=7, rank=1, ranks=3))
-    assert not np.array_equal(draws[1], P.draw_positions(shapes, 300, 8, seed=8, rank=1, ranks=3))
-    assert len({i for d in draws for i in d[:, 0]}) == 3  # every image is used
+    d = P.draw_positions(shapes, 300, 8, seed=7)
+    assert d.shape == (300, 3)
+    heights = np.array([shapes[i][0] for i in d[:, 0]])
+    widths = np.array([shapes[i][1] for i in d[:, 0]])
+    assert np.all(d[:, 1] + 8 <= heights) and np.all(d[:, 2] + 8 <= widths) and np.all(d >= 0)
+    assert len({tuple(row) for row in d}) == 300
+    assert np.array_equal(d, P.draw_positions(shapes, 300, 8, seed=7))
+    assert not np.array_equal(d, P.draw_positions(shapes, 300, 8, seed=8))
 
 
 def test_too_many_patches_for_the_images_is_an_error():
@@ -137,11 +128,13 @@ def test_mat_file_source(tmp_path):
     loaded = P.load_images(str(path), 8)
     assert len(loaded) == 3 and loaded[1].shape == (20, 24)
     np.testing.assert_array_equal(loaded[2], images[:, :, 2])
-    x = P.sample_patches(str(path), count=50, size=8, seed=1, rank=1, ranks=2)
-    assert x.shape == (25, 64) and x.dtype == np.float32
+    source = P.PatchSource(str(path), count=50, size=8, seed=1)
+    pieces = [Piece(0, 25, 50)]  # the second half, as rank 1 of 2 holds it
+    source.prepare(pieces, reduce_sum=lambda t: t)
+    x, y = source.read(pieces[0])
+    assert x.shape == (25, 64) and y is None
     assert 0.1 - 1e-6 <= x.min() and x.max() <= 0.9 + 1e-6
-    again = P.sample_patches(str(path), count=50, size=8, seed=1, rank=1, ranks=2)
-    np.testing.assert_array_equal(x, again)
+    np.testing.assert_array_equal(x, source.read(pieces[0])[0])
 
 
 @pytest.mark.parametrize("contents, message", [

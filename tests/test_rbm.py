@@ -160,7 +160,7 @@ def test_pca_reconstruction_matches_numpy_svd(monkeypatch):
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
     v = vt[:4].T
     expected = (((test - mean) - (test - mean) @ v @ v.T) ** 2).sum(1).mean()
-    got = pca_module.squared_error(pca.reconstruct, torch.tensor(test), chunk=7)
+    got = pca_module.squared_error(pca.reconstruct, torch.tensor(test).split(7))
     np.testing.assert_allclose(got, expected, rtol=1e-8)
 
 

@@ -114,3 +114,27 @@ def test_stop_signal_handlers_are_installed_only_inside_the_loop():
         assert stop.received == signal.SIGUSR1
     assert signal.getsignal(signal.SIGTERM) == before
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+@pytest.mark.slow
+def test_a_streamed_run_stopped_and_resumed_mid_epoch_ends_as_an_uninterrupted_one(tmp_path):
+    """Test that a streamed shard (windows of a fifth of it) resumed after SIGTERM mid-epoch ends
+    with the weights of an uninterrupted streamed run, and of one held in memory."""
+    run = [*RUN, "--data.buffer_mb", "1.2"]  # two windows of 0.6 MB: about 200 images each
+    weights = {}
+    for memory in ("stream", "device"):
+        out = tmp_path / f"whole-{memory}"
+        check_job(1, [*run, "--data.memory", memory, "--results_dir", str(out)], "python",
+                  timeout=180)
+        weights[memory] = newest_checkpoint(out)
+    assert_same_weights(weights["stream"], weights["device"])
+    cut = [*run, "--data.memory", "stream", "--results_dir", str(tmp_path / "cut")]
+    proc = start_job(1, cut, "python")
+    wait_for_file("*/checkpoints/step-000000010.pt", tmp_path / "cut", proc, timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    status, out, err = finish(proc)
+    assert status == 0 and "streamed through a 1.2 MB buffer" in out, err[-3000:]
+    stopped = newest_checkpoint(tmp_path / "cut")
+    assert 0 < stopped["batch"] < 40, "not stopped mid-epoch"
+    check_job(1, [*cut, "--resume"], "python", timeout=180)
+    assert_same_weights(newest_checkpoint(tmp_path / "cut"), weights["stream"])

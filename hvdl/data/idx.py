@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hvdl.errors import BadInput
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 # IDX type code -> big-endian NumPy dtype of the stored elements.
@@ -33,7 +35,7 @@ TYPES: dict[int, np.dtype] = {
 }
 
 
-class IdxError(ValueError):
+class IdxError(BadInput):
     """A malformed IDX file; the message names the file and what does not match."""
 
 
@@ -53,7 +55,7 @@ def _read_bytes(path: Path) -> bytes:
         raise IdxError(f"{path}: corrupt gzip data ({exc})") from None
 
 
-def _parse_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+def parse_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     """Element dtype, dimensions and header length from the start of an IDX file."""
     if len(data) < 4:
         raise IdxError(f"{path}: {len(data)} bytes is too short for the 4-byte IDX magic number")
@@ -83,7 +85,7 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     data = _read_bytes(path)
-    dtype, dims, header_len = _parse_header(data, path)
+    dtype, dims, header_len = parse_header(data, path)
     if ndim is not None and len(dims) != ndim:
         raise IdxError(f"{path}: expected {ndim} dimensions, found {len(dims)} "
                        f"({_shape_text(dims)})")
@@ -97,7 +99,7 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
 
 
-def _type_code(dtype: np.dtype) -> int:
+def type_code(dtype: np.dtype) -> int:
     """The IDX type code for `dtype`; ValueError if IDX cannot store it."""
     for code, idx_dtype in TYPES.items():
         if idx_dtype.newbyteorder("=") == dtype.newbyteorder("="):
@@ -110,7 +112,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write `array` to `path` as IDX, gzip-compressed when the name ends in `.gz`."""
     path = Path(path)
     array = np.asarray(array)
-    code = _type_code(array.dtype)
+    code = type_code(array.dtype)
     if not 1 <= array.ndim <= 255:
         raise ValueError(f"IDX stores 1 to 255 dimensions, got {array.ndim}")
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()

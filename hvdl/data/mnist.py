@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hvdl.data.arrays import IdxSource, idx_rows
+from hvdl.data.chunks import Piece
 from hvdl.data.idx import IdxError, read_idx
+from hvdl.data.source import Local, Spec
+from hvdl.errors import BadInput
 
 # split -> (images file, labels file), as published.
 FILES: dict[str, tuple[str, str]] = {
@@ -40,7 +44,7 @@ IMAGE_SIZE = (28, 28)
 NUM_CLASSES = 10
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(BadInput):
     """An MNIST file is absent; the message says which, where, and how to get it."""
 
 
@@ -102,3 +106,24 @@ def load_mnist(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels = read_idx(label_path)
     check_pair(images, labels, f"{image_path} and {label_path}")
     return images, labels
+
+
+def open_split(data_dir: Path, split: str, local: Local) -> IdxSource:
+    """The split's images and labels as a dataset read in parts, checked to be MNIST's."""
+    image_path, label_path = (find_file(Path(data_dir), name) for name in FILES[split])
+    source = IdxSource([image_path], Spec(format="idx", path=str(image_path),
+                                          label=str(label_path)), local=local)
+    where = f"{image_path} and {label_path}"
+    if source.shape != IMAGE_SIZE or source.dtype != np.uint8:
+        shape = "×".join(map(str, source.shape))
+        raise IdxError(f"{where}: images are {source.dtype} N×{shape}, expected uint8 N×28×28")
+    labels = idx_rows(source.label_files[0], source.label_headers[0],
+                      Piece(0, 0, source.rows))  # (N,), 60 KB
+    if labels.dtype != np.uint8:
+        raise IdxError(f"{where}: labels are {labels.dtype}, expected uint8")
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        raise IdxError(f"{where}: {bad.size} labels outside 0..9, the first is "
+                       f"{labels[bad[0]]} at index {bad[0]}")
+    return source
+

@@ -1,4 +1,4 @@
-"""Random patches of natural images, normalised as in UFLDL's sampleIMAGES, drawn rank by rank.
+"""Random patches of natural images, normalised as in UFLDL's sampleIMAGES, as a dataset.
 
     python -m hvdl.train --model sae_patches                                   # skimage photos
     python -m hvdl.train --model sae_patches --patches.source ~/photos         # PNG/JPEG folder
@@ -19,12 +19,12 @@ flattens the 1/f amplitude spectrum of natural images (so edges, not brightness 
 dominate) and cuts the highest frequencies; then it is scaled to variance 0.1. The image is
 mirror-padded before the FFT so that the wrap-around edge does not ring.
 
-Each rank draws its own share of the `count` patches: rank r of N draws count//N patches (+1 for
-the first count % N ranks) from `np.random.default_rng([seed, r])`. Patch positions are numbered
-over all images and rank r only draws positions ≡ r (mod N), without replacement, so the ranks'
-patches are disjoint and reproducible from the seed. Normalisation (UFLDL): subtract each patch's
-own mean; clip to ±3σ, σ the standard deviation of all pixels of all patches on all ranks (the
-sums go through `reduce_sum`, so N ranks give what one process gives on the same patches);
+The `count` patch positions are drawn from the seed without replacement, numbered over all
+images; `PatchSource` makes them a dataset whose rows the chunk rule deals to the ranks
+(hvdl/data/chunks.py), so each rank cuts only its own patches. Normalisation (UFLDL): subtract
+each patch's own mean; clip to ±3σ, σ the standard deviation of all pixels of all patches on all
+ranks (the sums go through `reduce_sum`, so N ranks give what one process gives on the same
+patches);
 rescale [−1, 1] → [0.1, 0.9], inside the range of the sigmoid decoder. With ZCA whitening, it is
 applied after mean removal (to pixels divided by σ, so ε is relative to unit variance, with the
 covariance summed over all ranks), and the clip and rescale follow it.
@@ -33,10 +33,14 @@ covariance summed over all ranks), and the clip and rescale follow it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hvdl.data.chunks import Piece
+from hvdl.data.source import DataError, Source
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over ranks
 
@@ -46,7 +50,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 F0 = 0.4  # cut-off of the whitening filter, cycles/pixel (Olshausen & Field: 0.4 N per picture)
 
 
-class PatchSourceError(ValueError):
+class PatchSourceError(DataError):
     """An image source that cannot give patches; the one-line message names the file."""
 
 
@@ -131,22 +135,19 @@ def load_images(source: str, size: int) -> list[np.ndarray]:
     return images
 
 
-def rank_count(count: int, rank: int, ranks: int) -> int:
-    """Patches drawn by `rank`: count // ranks, plus one for the first count % ranks ranks."""
-    return count // ranks + (1 if rank < count % ranks else 0)
+def draw_positions(shapes: list[tuple[int, int]], count: int, size: int, *,
+                   seed: int) -> np.ndarray:
+    """(count, 3) rows (image, top, left) of the patches, drawn without replacement from `seed`.
 
-
-def draw_positions(shapes: list[tuple[int, int]], count: int, size: int, *, seed: int,
-                   rank: int = 0, ranks: int = 1) -> np.ndarray:
-    """(k, 3) rows (image, top, left) of this rank's patches; ranks draw disjoint positions."""
+    Positions are numbered over all images; every rank draws the same list, and the chunk rule
+    (hvdl/data/chunks.py) deals its rows to the ranks like any dataset's.
+    """
     per_image = np.array([(h - size + 1) * (w - size + 1) for h, w in shapes])
-    k = rank_count(count, rank, ranks)
-    mine = (int(per_image.sum()) - 1 - rank) // ranks + 1  # positions ≡ rank (mod ranks)
-    if k > mine:
+    if count > int(per_image.sum()):
         raise PatchSourceError(f"{count} patches of {size}×{size} need more positions than the "
                                f"images hold ({int(per_image.sum())})")
-    rng = np.random.default_rng([seed, rank])
-    flat = rng.choice(mine, size=k, replace=False) * ranks + rank  # (k,) global position numbers
+    flat = np.random.default_rng([seed, 0x9A7C]).choice(int(per_image.sum()), size=count,
+                                                        replace=False)
     image = np.searchsorted(np.cumsum(per_image), flat, side="right")
     offset = flat - np.concatenate([[0], np.cumsum(per_image)])[image]
     widths = np.array([w - size + 1 for _, w in shapes])[image]
@@ -167,36 +168,98 @@ def global_std(p: np.ndarray, reduce_sum: Reduce) -> float:
     return float(np.sqrt((s2 - s * s / n) / (n - 1)))
 
 
+@dataclass(frozen=True)
+class ZCA:
+    """x_ZCA = (x − μ) U diag(1/sqrt(S + ε)) Uᵀ, with U S Uᵀ the covariance over all ranks."""
+
+    mean: np.ndarray  # (n,)
+    matrix: np.ndarray  # (n, n)
+
+    @classmethod
+    def fit(cls, p: np.ndarray, epsilon: float, reduce_sum: Reduce = _identity) -> ZCA:
+        x = torch.as_tensor(p, dtype=torch.float64)  # (k, n)
+        stats = reduce_sum(torch.cat([x.sum(0), (x.T @ x).reshape(-1), x.new_tensor([len(x)])]))
+        n = x.shape[1]
+        m = stats[-1]
+        mean = stats[:n] / m  # (n,)
+        sigma = stats[n:-1].reshape(n, n) / m - torch.outer(mean, mean)  # (n, n)
+        s, u = torch.linalg.eigh(sigma)
+        zca = u @ torch.diag(1.0 / torch.sqrt(s.clamp(min=0) + epsilon)) @ u.T  # (n, n)
+        return cls(mean.numpy(), zca.numpy())
+
+    def apply(self, p: np.ndarray) -> np.ndarray:
+        return (p - self.mean) @ self.matrix
+
+
 def zca_whiten(p: np.ndarray, epsilon: float, reduce_sum: Reduce = _identity) -> np.ndarray:
-    """x_ZCA = U diag(1/sqrt(S + ε)) Uᵀ x, with U S Uᵀ the covariance over all ranks."""
-    x = torch.as_tensor(p, dtype=torch.float64)  # (k, n)
-    stats = reduce_sum(torch.cat([x.sum(0), (x.T @ x).reshape(-1), x.new_tensor([len(x)])]))
-    n = x.shape[1]
-    m = stats[-1]
-    mean = stats[:n] / m  # (n,)
-    sigma = stats[n:-1].reshape(n, n) / m - torch.outer(mean, mean)  # (n, n)
-    s, u = torch.linalg.eigh(sigma)
-    zca = u @ torch.diag(1.0 / torch.sqrt(s.clamp(min=0) + epsilon)) @ u.T  # (n, n)
-    return ((x - mean) @ zca).numpy()
+    """`p` ZCA-whitened with the covariance of every rank's patches."""
+    return ZCA.fit(p, epsilon, reduce_sum).apply(p)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """UFLDL's normalisation of mean-removed patches, its statistics taken over all ranks."""
+
+    bound: float  # 3σ of the (whitened) pixels: clipped to ±bound, then mapped to [0.1, 0.9]
+    sigma: float = 1.0  # σ of the mean-removed pixels, dividing them before ZCA
+    zca: ZCA | None = None
+
+    @classmethod
+    def fit(cls, p: np.ndarray, *, zca_epsilon: float | None = None,
+            reduce_sum: Reduce = _identity) -> Normalization:
+        """The statistics of this rank's mean-removed patches `p` and every other rank's."""
+        if zca_epsilon is None:
+            return cls(bound=3 * global_std(p, reduce_sum))
+        sigma = global_std(p, reduce_sum)
+        zca = ZCA.fit(p / sigma, zca_epsilon, reduce_sum)
+        return cls(bound=3 * global_std(zca.apply(p / sigma), reduce_sum), sigma=sigma, zca=zca)
+
+    def apply(self, p: np.ndarray) -> np.ndarray:
+        if self.zca is not None:
+            p = self.zca.apply(p / self.sigma)
+        return (np.clip(p, -self.bound, self.bound) / self.bound + 1) * 0.4 + 0.1
+
+
+def remove_means(p: np.ndarray) -> np.ndarray:
+    return p - p.mean(axis=1, keepdims=True)  # (k, n) each patch's own mean removed
 
 
 def normalize_patches(p: np.ndarray, *, zca_epsilon: float | None = None,
                       reduce_sum: Reduce = _identity) -> np.ndarray:
     """UFLDL's normalisation to [0.1, 0.9], with optional ZCA whitening (see the docstring)."""
-    p = p - p.mean(axis=1, keepdims=True)  # (k, n) each patch's own mean removed
-    if zca_epsilon is not None:
-        p = zca_whiten(p / global_std(p, reduce_sum), zca_epsilon, reduce_sum)
-    bound = 3 * global_std(p, reduce_sum)
-    return (np.clip(p, -bound, bound) / bound + 1) * 0.4 + 0.1
+    p = remove_means(p)
+    return Normalization.fit(p, zca_epsilon=zca_epsilon, reduce_sum=reduce_sum).apply(p)
 
 
-def sample_patches(source: str, *, count: int, size: int, seed: int, rank: int = 0,
-                   ranks: int = 1, zca_epsilon: float | None = None,
-                   reduce_sum: Reduce = _identity) -> np.ndarray:
-    """This rank's (k, size²) float32 normalised patches (a collective when `reduce_sum` is)."""
-    images = load_images(source, size)
-    positions = draw_positions([im.shape for im in images], count, size, seed=seed, rank=rank,
-                               ranks=ranks)
-    patches = cut_patches(images, positions, size)  # (k, size²)
-    out = normalize_patches(patches, zca_epsilon=zca_epsilon, reduce_sum=reduce_sum)
-    return out.astype(np.float32)
+class PatchSource(Source):
+    """`count` patches of `size`×`size` as a dataset: row i is the i-th drawn patch.
+
+    `prepare` (a collective) fits the normalisation over every rank's pieces, training and
+    test together, before any row is read.
+    """
+
+    format = "patches"
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, source: str, *, count: int, size: int, seed: int,
+                 zca_epsilon: float | None = None) -> None:
+        self.images = load_images(source, size)
+        self.positions = draw_positions([im.shape for im in self.images], count, size,
+                                        seed=seed)
+        self.files, self.file_rows = [Path(source)], [count]
+        self.size, self.shape, self.zca_epsilon = size, (size * size,), zca_epsilon
+        self.norm: Normalization | None = None
+
+    def prepare(self, pieces: list[Piece], reduce_sum: Reduce) -> None:
+        raw = [remove_means(cut_patches(self.images, self.positions[p.start:p.stop], self.size))
+               for p in pieces]
+        mine = np.concatenate(raw) if raw else np.zeros((0, self.features))
+        self.norm = Normalization.fit(mine, zca_epsilon=self.zca_epsilon, reduce_sum=reduce_sum)
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, None]:
+        p = remove_means(cut_patches(self.images, self.positions[piece.start:piece.stop],
+                                     self.size))
+        return self.norm.apply(p), None
+
+    def position(self, piece: Piece, row: int) -> str:
+        return f"patch {piece.start + row} of {self.files[0]}"

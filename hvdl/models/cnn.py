@@ -16,11 +16,22 @@ import torch
 from torch import nn
 
 
+def feature_size(size: int) -> int:
+    """Side of the last feature maps for an input side `size` (5 for MNIST's 28)."""
+    return (size // 2 - 4) // 2
+
+
 class LeNet5(nn.Module):
-    def __init__(self, *, classes: int = 10) -> None:
+    """LeNet-5 for (channels, height, width) inputs; sides of at least 12 pixels."""
+
+    def __init__(self, *, classes: int = 10, shape: tuple[int, int, int] = (1, 28, 28)) -> None:
         super().__init__()
+        channels, height, width = shape
+        if min(feature_size(height), feature_size(width)) < 1:
+            raise ValueError(f"LeNet-5 needs images of at least 12×12 pixels, got "
+                             f"{height}×{width}")
         self.features = nn.Sequential(
-            nn.Conv2d(1, 6, kernel_size=5, padding=2),  # (B, 6, 28, 28)
+            nn.Conv2d(channels, 6, kernel_size=5, padding=2),  # (B, 6, 28, 28)
             nn.ReLU(),
             nn.MaxPool2d(2),  # (B, 6, 14, 14)
             nn.Conv2d(6, 16, kernel_size=5),  # (B, 16, 10, 10)
@@ -29,7 +40,7 @@ class LeNet5(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),  # (B, 400)
-            nn.Linear(16 * 5 * 5, 120),
+            nn.Linear(16 * feature_size(height) * feature_size(width), 120),
             nn.ReLU(),
             nn.Linear(120, 84),
             nn.ReLU(),
@@ -37,4 +48,4 @@ class LeNet5(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))  # x: (B, 1, 28, 28)
+        return self.classifier(self.features(x))  # x: (B, C, H, W), e.g. (B, 1, 28, 28)

@@ -1,9 +1,9 @@
 """Principal component analysis computed data-parallel: the baseline of the deep autoencoder.
 
     from hvdl.models.pca import fit_pca
-    pca = fit_pca(train_x.split(1000), n_components=30)  # a collective on every rank
-    x_hat = pca.reconstruct(x)                            # (B, 784)
-    error = squared_error(pca.reconstruct, test_x)        # mean over all ranks' images
+    pca = fit_pca(batches, n_components=30)             # a collective on every rank
+    x_hat = pca.reconstruct(x)                           # (B, 784)
+    error = squared_error(pca.reconstruct, test_batches) # mean over all ranks' images
 
 Each rank sums its examples and their Gram matrix Σ x xᵀ in float64; one allreduce adds the
 sums over ranks, so the mean μ and covariance C = Σ x xᵀ / n − μ μᵀ are those of the whole
@@ -58,17 +58,19 @@ def fit_pca(batches: Iterable[torch.Tensor], n_components: int, name: str = "pca
 
 
 @torch.no_grad()
-def squared_error(reconstruct: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                  name: str = "squared_error", chunk: int = 1000) -> float:
+def squared_error(reconstruct: Callable[[torch.Tensor], torch.Tensor],
+                  batches: Iterable[torch.Tensor], name: str = "squared_error") -> float:
     """Σ over units of (x − x̂)², averaged over the examples of every rank (a collective).
 
     Sums and counts are allreduced, so the figure is one process's on all examples even when
     the ranks hold different numbers of them.
     """
     total = torch.zeros((), dtype=torch.float64)
-    for part in x.split(chunk):
+    count = 0
+    for part in batches:
         x_hat = reconstruct(part).to(part.device, torch.float64)  # (B, D)
         total += (part.double() - x_hat).pow(2).sum().cpu()
-    packed = torch.stack([total, torch.tensor(float(len(x)), dtype=torch.float64)])
+        count += len(part)
+    packed = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
     total_sum, count = dist.allreduce_sum(packed, name=name).tolist()
     return total_sum / max(count, 1.0)

@@ -32,14 +32,13 @@ from torch import nn
 
 from hvdl import dist, engine, lbfgs, metrics
 from hvdl.config import Config, ConfigError
-from hvdl.data import loading, patches
-from hvdl.data.shard import DeviceShard, steps_per_epoch
+from hvdl.data import dataset
+from hvdl.data.shard import DeviceShard
 from hvdl.dist import Context
 from hvdl.models import autoencoder as ae
 from hvdl.runlog import RunLog
 from hvdl.viz import display_scale, filter_grid
 
-MNIST_SHAPE = (28, 28)
 FINETUNE_OPTIMIZERS = ("lbfgs", "sgd", "adam")
 RESUMES = False  # train() takes no checkpoint: `--resume auto` (a Slurm requeue) starts afresh
 
@@ -70,17 +69,6 @@ def parameters_agree(model: nn.Module, ctx: Context, name: str) -> dict[str, Any
     digest = hashlib.sha256(flat.numpy().tobytes()).hexdigest()[:16]
     digests = [digest] if ctx.size == 1 else dist.allgather_object(digest, name=name)
     return {"identical": len(set(digests)) == 1, "sha256": digests, "ranks": len(digests)}
-
-
-def minibatch_shard(x: torch.Tensor, y: torch.Tensor | None, total: int, config: Config,
-                    ctx: Context) -> DeviceShard:
-    """This rank's examples served in the same number of batches on every rank."""
-    steps = steps_per_epoch(total, ctx.size, config.batch_size)
-    if steps == 0:
-        raise ConfigError(f"config key 'batch_size' is {config.batch_size}, larger than a shard "
-                          f"of {total // ctx.size}; allowed: 1 to {total // ctx.size}")
-    return DeviceShard(x, y, batch_size=config.batch_size, steps=steps,
-                       seed=config.seed + 1000 * ctx.rank)
 
 
 # --- one sparse autoencoder ---------------------------------------------------------------------
@@ -132,16 +120,17 @@ def minibatch_sparse(model: ae.SparseAutoencoder, shard: DeviceShard, config: Co
     return {"epochs": final.get("epoch", 0), "steps": next(steps) - 1}
 
 
-def train_sparse(model: ae.SparseAutoencoder, x: torch.Tensor, total: int, config: Config,
+def train_sparse(model: ae.SparseAutoencoder, shard: DeviceShard, config: Config,
                  ctx: Context, run: RunLog, name: str,
                  shape: tuple[int, int] | None) -> dict[str, Any]:
-    """Train one sparse autoencoder on this rank's `x` (n, n_visible) of `total` examples."""
+    """Train one sparse autoencoder on this rank's shard (n, n_visible) of the examples."""
     started = time.perf_counter()
+    x, _ = shard.tensors()
     if config.optimizer == "lbfgs":
         report = lbfgs_sparse(model, x, config, ctx, run, name, shape)
     else:
-        shard = minibatch_shard(x, None, total, config, ctx)
-        report = minibatch_sparse(model, shard, config, ctx, run, name, shape)
+        report = minibatch_sparse(model, shard.rebatched(config.batch_size, labels=False),
+                                  config, ctx, run, name, shape)
     seconds = time.perf_counter() - started
     with torch.no_grad():
         x_hat, a2 = model(x)  # (n, n_visible), (n, n_hidden)
@@ -159,32 +148,35 @@ def train_sparse(model: ae.SparseAutoencoder, x: torch.Tensor, total: int, confi
     return report
 
 
-def sparse_data(config: Config, ctx: Context) -> tuple[torch.Tensor, int, tuple[int, int]]:
-    """This rank's examples (n, n_visible), the total over ranks, and the picture shape."""
-    if config.dataset == "patches":
-        p = config.patches
-        x = patches.sample_patches(p.source, count=p.count, size=p.size, seed=config.seed,
-                                   rank=ctx.rank, ranks=ctx.size,
-                                   zca_epsilon=p.zca_epsilon if p.zca else None,
-                                   reduce_sum=make_reduce(ctx, "patches.stats"))
-        return torch.as_tensor(x, dtype=dtype(config)).to(ctx.device), p.count, (p.size, p.size)
-    images, _ = loading.mnist_arrays(config, ctx, "train")
-    pixels = loading.mnist_pixels(images, flatten=True, standardize=False)  # (N, 784) in [0, 1]
-    shard = loading.device_shard(pixels, None, config, ctx, train=False)
-    return shard.x.to(dtype(config)), len(pixels), MNIST_SHAPE
+def picture_shape(data: dataset.Data, config: Config) -> tuple[int, int] | None:
+    """The (height, width) a first-layer filter is drawn in, None when examples are not images."""
+    if data.info["format"] == "patches":
+        return config.patches.size, config.patches.size
+    shape = tuple(data.info["stored_shape"])
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    return tuple(shape) if len(shape) == 2 else None
+
+
+def sparse_data(config: Config, ctx: Context, run: RunLog,
+                labels: bool = False) -> tuple[dataset.Data, Config]:
+    """The data, held in memory (J is taken over the whole shard), and the config with its
+    layers fitted to it."""
+    data = dataset.load(config, ctx, run, labels=labels, held=True)
+    config = dataset.fit_layers(config, data)
+    data.train = data.train.to(dtype(config))
+    data.test = data.test.to(dtype(config)) if data.test is not None else None
+    return data, config
 
 
 def train_sae(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
-    """One sparse autoencoder layers[0] → layers[1] on patches or MNIST."""
-    x, total, shape = sparse_data(config, ctx)
-    if x.shape[1] != config.layers[0]:
-        raise ConfigError(f"config key 'layers' starts with {config.layers[0]} inputs, the "
-                          f"{config.dataset} examples have {x.shape[1]}; allowed: {x.shape[1]}")
+    """One sparse autoencoder layers[0] → layers[1], on patches, MNIST or the user's data."""
+    data, config = sparse_data(config, ctx, run)
     model = ae.SparseAutoencoder(n_visible=config.layers[0], n_hidden=config.layers[1],
                                  seed=config.seed, dtype=dtype(config)).to(ctx.device)
-    report = train_sparse(model, x, total, config, ctx, run, "sae", shape)
+    report = train_sparse(model, data.train, config, ctx, run, "sae", picture_shape(data, config))
     report["mean_predictor_reconstruction"] = ae.mean_predictor_error(
-        x, make_reduce(ctx, "sae.mean"))
+        data.train.tensors()[0], make_reduce(ctx, "sae.mean"))
     run.print(f"sae: reconstruction {report['reconstruction']:.4f}, always predicting the mean "
               f"example gives {report['mean_predictor_reconstruction']:.4f}")
     run.record(sae=report)
@@ -203,16 +195,18 @@ def classifier_objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor, param
     return objective
 
 
-def train_classifier(net: nn.Module, shard: DeviceShard, x: torch.Tensor, total: int,
-                     config: Config, ctx: Context, run: RunLog, *, name: str, optimizer: str,
-                     iterations: int, evaluate: Callable[[], dict] | None = None) -> dict:
-    """Train `net` on (x, shard.y) by full-batch L-BFGS or by minibatches through the engine;
-    only the softmax weights (the last layer) are decayed, with `sae.softmax_lam`, as in UFLDL."""
+def train_classifier(net: nn.Module, shard: DeviceShard, config: Config, ctx: Context,
+                     run: RunLog, *, name: str, optimizer: str, iterations: int,
+                     evaluate: Callable[[], dict] | None = None) -> dict:
+    """Train `net` on the shard's (x, y) by full-batch L-BFGS or by minibatches through the
+    engine; only the softmax weights (the last layer) are decayed, with `sae.softmax_lam`, as in
+    UFLDL."""
     lam, softmax = config.sae.softmax_lam, net[-1] if isinstance(net, nn.Sequential) else net
     started = time.perf_counter()
     if optimizer == "lbfgs":
         params = list(net.parameters())
-        objective = classifier_objective(net, x, shard.y, params, [softmax.weight], lam,
+        x, y = shard.tensors()
+        objective = classifier_objective(net, x, y, params, [softmax.weight], lam,
                                          make_reduce(ctx, f"{name}.sums"))
         report = lbfgs.minimize(
             params, objective, iterations=iterations, history=config.sae.lbfgs_history,
@@ -225,33 +219,32 @@ def train_classifier(net: nn.Module, shard: DeviceShard, x: torch.Tensor, total:
                 + 0.5 * lam * (softmax.weight ** 2).sum()
         stage = engine.Stage(name=name, model=net, loss=loss, epochs=iterations, lr=config.lr,
                              evaluate=evaluate)
-        batches = minibatch_shard(x, shard.y, total, config, ctx)
-        final = engine.fit(stage, batches, dataclasses.replace(config, optimizer=optimizer),
-                           ctx, run)
+        final = engine.fit(stage, shard.rebatched(config.batch_size),
+                           dataclasses.replace(config, optimizer=optimizer), ctx, run)
         report = {k: v for k, v in final.items() if k != "test"}  # final is in the history
     return {**report, "seconds": time.perf_counter() - started,
             "parameters": parameters_agree(net, ctx, f"{name}.agree")}
 
 
-def pretrain(x: torch.Tensor, total: int, config: Config, ctx: Context,
-             run: RunLog) -> tuple[list[nn.Linear], torch.Tensor, list[dict]]:
+def pretrain(shard: DeviceShard, config: Config, ctx: Context, run: RunLog,
+             shape: tuple[int, int] | None) -> tuple[list[nn.Linear], DeviceShard, list[dict]]:
     """Greedy layer-wise pretraining: each sparse autoencoder on the previous one's a2."""
     encoders, reports = [], []
     for i, n_hidden in enumerate(config.layers[1:-1]):
-        model = ae.SparseAutoencoder(n_visible=x.shape[1], n_hidden=n_hidden,
-                                     seed=config.seed + i, dtype=x.dtype).to(ctx.device)
-        shape = MNIST_SHAPE if i == 0 else None
-        reports.append(train_sparse(model, x, total, config, ctx, run, f"layer{i + 1}", shape))
-        with torch.no_grad():
-            x = model.encode(x)  # (n, n_hidden): the next layer's input
+        model = ae.SparseAutoencoder(n_visible=shard.shape[0], n_hidden=n_hidden,
+                                     seed=config.seed + i,
+                                     dtype=shard.tensors()[0].dtype).to(ctx.device)
+        reports.append(train_sparse(model, shard, config, ctx, run, f"layer{i + 1}",
+                                    shape if i == 0 else None))
+        shard = shard.mapped(model.encode)  # (n, n_hidden): the next layer's input
         encoders.append(model.encoder)
-    return encoders, x, reports
+    return encoders, shard, reports
 
 
 def check_stacked(config: Config) -> None:
-    if config.dataset != "mnist" or len(config.layers) < 3:
-        raise ConfigError("family 'stacked_ae' needs dataset 'mnist' and layers "
-                          f"[784, hidden..., 10], got {config.dataset!r} {config.layers}")
+    if len(config.layers) < 3:
+        raise ConfigError("family 'stacked_ae' needs layers [inputs, hidden..., classes], got "
+                          f"{list(config.layers)}")
     if config.sae.finetune_optimizer not in FINETUNE_OPTIMIZERS:
         raise ConfigError(f"config key 'sae.finetune_optimizer' is "
                           f"{config.sae.finetune_optimizer!r}; allowed: lbfgs, sgd, adam")
@@ -261,35 +254,37 @@ def train_stacked(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
     """Pretrain, train the softmax on the top features, fine-tune the stack; test before/after."""
     check_stacked(config)
     started = time.perf_counter()
-    train, test = loading.mnist_shards(config, ctx, flatten=True, standardize=False)
-    train.x, test.x = train.x.to(dtype(config)), test.x.to(dtype(config))
-    total = config.train_size or 60000
-    encoders, features, layers = pretrain(train.x, total, config, ctx, run)
-    softmax = ae.softmax_layer(features.shape[1], config.layers[-1], seed=config.seed,
+    data, config = sparse_data(config, ctx, run, labels=True)
+    train, test, shape = data.train, data.test, picture_shape(data, config)
+    encoders, features, layers = pretrain(train, config, ctx, run, shape)
+    softmax = ae.softmax_layer(features.shape[0], config.layers[-1], seed=config.seed,
                                dtype=dtype(config)).to(ctx.device)
     softmax_report = train_classifier(
-        softmax, train, features, total, config, ctx, run, name="softmax",
-        optimizer=config.optimizer, iterations=config.sae.lbfgs_iterations
-        if config.optimizer == "lbfgs" else config.epochs)
+        softmax, features, config, ctx, run, name="softmax", optimizer=config.optimizer,
+        iterations=config.sae.lbfgs_iterations if config.optimizer == "lbfgs" else config.epochs)
     net = ae.stack(encoders, softmax)
 
     def evaluate(tag: str) -> dict[str, Any]:
-        return metrics.evaluate_classifier(net, test.batches(0), config.layers[-1], name=tag)
+        if test is None:
+            return {}
+        return metrics.evaluate_classifier(net, test.scan(), config.layers[-1], name=tag)
 
     before = evaluate("test.before")
-    run.print(f"before fine-tuning: test accuracy {100 * before['accuracy']:.2f}%")
+    if before:
+        run.print(f"before fine-tuning: test accuracy {100 * before['accuracy']:.2f}%")
     finetune = train_classifier(
-        net, train, train.x, total, config, ctx, run, name="finetune",
-        optimizer=config.sae.finetune_optimizer, iterations=config.sae.finetune_iterations,
-        evaluate=lambda: evaluate("test.epoch"))
+        net, train, config, ctx, run, name="finetune", optimizer=config.sae.finetune_optimizer,
+        iterations=config.sae.finetune_iterations,
+        evaluate=(lambda: evaluate("test.epoch")) if test is not None else None)
     after = evaluate("test.after")
-    draw_filters(run, "finetune/filters", net[0].weight, MNIST_SHAPE, 0)
-    run.print(f"after fine-tuning: test accuracy {100 * after['accuracy']:.2f}% "
-              f"(before {100 * before['accuracy']:.2f}%)")
+    draw_filters(run, "finetune/filters", net[0].weight, shape, 0)
+    if after:
+        run.print(f"after fine-tuning: test accuracy {100 * after['accuracy']:.2f}% "
+                  f"(before {100 * before['accuracy']:.2f}%)")
     run.record(pretrain=layers, softmax=softmax_report, finetune_report=finetune,
                test_before_finetune=before, test_after_finetune=after)
-    return {"accuracy_before_finetune": before["accuracy"], "accuracy": after["accuracy"],
-            "macro_f1": after["macro_f1"], "error": after["error"],
+    return {"accuracy_before_finetune": before.get("accuracy"), "accuracy": after.get("accuracy"),
+            "macro_f1": after.get("macro_f1"), "error": after.get("error"),
             "parameters_identical": finetune["parameters"]["identical"],
             "seconds": time.perf_counter() - started}
 

@@ -1,6 +1,8 @@
-"""Train a CNN classifier on MNIST, data-parallel: the LeNet-5 recipe.
+"""Train a CNN classifier data-parallel: the LeNet-5 recipe, on MNIST or the user's images.
 
     horovodrun -np 2 python -m hvdl.train --model lenet5
+    horovodrun -np 2 python -m hvdl.train --model lenet5 --data.path train.parquet \
+        --data.test_path test.parquet --data.label label --data.shape 1,28,28 --data.scale unit
     horovodrun -np 2 --min-np 1 --max-np 4 --host-discovery-script S \
         python -m hvdl.train --model lenet5 --elastic          # elastic: hvdl/elastic.py
 """
@@ -15,30 +17,42 @@ import torch.nn.functional as F
 
 from hvdl import elastic, engine, metrics
 from hvdl.config import Config
-from hvdl.data.loading import mnist_shards
+from hvdl.data import dataset
+from hvdl.data.shard import Shard
 from hvdl.dist import Context
 from hvdl.models.cnn import LeNet5
 from hvdl.runlog import RunLog
 
 
-def build_classifier(config: Config, ctx: Context) -> torch.nn.Module:
+def build_classifier(config: Config, ctx: Context, data: dict[str, Any]) -> torch.nn.Module:
+    """LeNet-5 for the data's example shape and classes (`data`: the dataset's record)."""
     torch.manual_seed(config.seed)  # identical start on every rank, broadcast confirms it
-    return LeNet5().to(ctx.device)
+    return LeNet5(classes=len(data["classes"]), shape=tuple(data["shape"])).to(ctx.device)
+
+
+def evaluate(model: torch.nn.Module, test: Shard | None, classes: int) -> dict[str, Any] | None:
+    if test is None:
+        return None
+    return metrics.evaluate_classifier(model, test.scan(), classes)
 
 
 def train(config: Config, ctx: Context, run: RunLog,
           state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train LeNet-5 for `config.epochs`, evaluating on the test set after each epoch."""
-    train_shard, test_shard = mnist_shards(config, ctx, flatten=False, standardize=True)
-    model = build_classifier(config, ctx)
+    """Train LeNet-5 for `config.epochs`, evaluating on the test split after each epoch."""
+    data = dataset.load(config, ctx, run, labels=True, images=True)
+    model = build_classifier(config, ctx, data.info)
+    classes = len(data.classes)
     loss = partial(F.cross_entropy, label_smoothing=config.label_smoothing)
     stage = engine.Stage(
         name="train", model=model, loss=loss, epochs=config.epochs, lr=config.lr,
-        evaluate=lambda: metrics.evaluate_classifier(model, test_shard.batches(0)))
-    if config.elastic:  # workers come and go: the elastic loop cuts the shards again each time
-        final = elastic.fit(stage, partial(mnist_shards, config, flatten=False, standardize=True),
-                            lambda test: metrics.evaluate_classifier(model, test.batches(0)),
-                            config, ctx, run, state=state)
+        evaluate=(lambda: evaluate(model, data.test, classes)) if data.test else None)
+    if config.elastic:  # workers come and go: the elastic loop deals the shards again each time
+        def shards(ctx: Context) -> tuple[Shard, Shard | None]:
+            again = dataset.load(config, ctx, labels=True, images=True, given=data.info)
+            return again.train, again.test
+
+        final = elastic.fit(stage, shards, lambda test: evaluate(model, test, classes), config,
+                            ctx, run, state=state)
     else:
-        final = engine.fit(stage, train_shard, config, ctx, run, state=state)
-    return final.get("test", {})
+        final = engine.fit(stage, data.train, config, ctx, run, state=state)
+    return final.get("test") or {}

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from hvdl import checkpoint, engine, metrics
-from hvdl import config as configlib
 from hvdl.config import Config
-from hvdl.data.shard import DeviceShard
+from hvdl.data.shard import Shard
 from hvdl.dist import Context
 from hvdl.models import rbm as rbm_models
 from hvdl.models.pca import fit_pca, squared_error
@@ -28,7 +27,7 @@ from hvdl.runlog import RunLog
 CHUNK = 1000  # examples per forward pass when fitting PCA
 
 
-def finetune_classifier(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
+def finetune_classifier(rbms: list[RBM], train_shard: Shard, test_shard: Shard,
                         config: Config, ctx: Context, run: RunLog,
                         state: dict[str, Any] | None) -> dict[str, Any]:
     """Softmax on top of the pretrained stack, trained alone for `rbm.top_epochs` if asked, then
@@ -41,8 +40,9 @@ def finetune_classifier(rbms: list[RBM], train_shard: DeviceShard, test_shard: D
         return engine.Stage(
             name=name, model=model, loss=F.cross_entropy, epochs=epochs,
             lr=config.rbm.finetune_lr,
-            evaluate=lambda: metrics.evaluate_classifier(model, test_shard.batches(0), classes,
-                                                         name=f"{name}.eval"))
+            evaluate=None if test_shard is None else
+            lambda: metrics.evaluate_classifier(model, test_shard.scan(), classes,
+                                                name=f"{name}.eval"))
 
     if config.rbm.top_epochs and state is None:  # a resumed `finetune` has done this stage
         lower = [p for layer in model[:-1] for p in layer.parameters()]
@@ -51,27 +51,14 @@ def finetune_classifier(rbms: list[RBM], train_shard: DeviceShard, test_shard: D
         engine.fit(stage("finetune_top", config.rbm.top_epochs), train_shard, config, ctx, run)
         for p in lower:
             p.requires_grad_(True)
-        checkpoint.save_stage(run.dir, "finetune_top", model, config)
+        checkpoint.save_stage(run, "finetune_top", model, config)
     final = engine.fit(stage("finetune", config.rbm.finetune_epochs), train_shard, config, ctx,
                        run, state=state)
-    checkpoint.save_stage(run.dir, "finetune", model, config)
+    checkpoint.save_stage(run, "finetune", model, config)
     test = final.get("test", {})
     for line in classification_report(test):
         run.print(line)
     return {"test": test}
-
-
-def rebatched(shard: DeviceShard, batch_size: int, *, targets: bool = True) -> DeviceShard:
-    """The training shard in fine-tuning batches of `batch_size` (0: unchanged), covering the
-    same examples per epoch with the same number of steps on every rank."""
-    size = batch_size or shard.batch_size
-    examples = shard.steps * shard.batch_size
-    if size > examples:
-        raise configlib.ConfigError(f"config key 'rbm.finetune_batch_size' is {size}, larger "
-                                    f"than a shard's {examples} examples; allowed: 0 (batch_size) "
-                                    f"or 1 to {examples}")
-    return DeviceShard(shard.x, shard.y if targets else None, batch_size=size,
-                       steps=examples // size, seed=shard.seed)
 
 
 def classification_report(test: dict[str, Any]) -> list[str]:
@@ -88,12 +75,13 @@ def classification_report(test: dict[str, Any]) -> list[str]:
 
 
 @torch.no_grad()
-def test_reconstruction(model: rbm_models.DeepAutoencoder, test: DeviceShard) -> dict[str, float]:
+def test_reconstruction(model: rbm_models.DeepAutoencoder, test: Shard) -> dict[str, float]:
     """The per-epoch test figure of fine-tuning: average squared error per test image."""
-    return {"squared_error": squared_error(model.reconstruct, test.x, "finetune.eval.sq")}
+    return {"squared_error": squared_error(model.reconstruct, (x for x, _ in test.scan()),
+                                           "finetune.eval.sq")}
 
 
-def finetune_autoencoder(rbms: list[RBM], train_shard: DeviceShard, test_shard: DeviceShard,
+def finetune_autoencoder(rbms: list[RBM], train_shard: Shard, test_shard: Shard,
                          config: Config, ctx: Context, run: RunLog,
                          state: dict[str, Any] | None) -> dict[str, Any]:
     """Unroll the stack, fine-tune on cross-entropy, compare with PCA of the same code size."""
@@ -104,11 +92,11 @@ def finetune_autoencoder(rbms: list[RBM], train_shard: DeviceShard, test_shard: 
                          epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
                          evaluate=lambda: test_reconstruction(model, test_shard))
     final = engine.fit(stage, train_shard, config, ctx, run, state=state)
-    checkpoint.save_stage(run.dir, "finetune", model, config)
+    checkpoint.save_stage(run, "finetune", model, config)
     # The last epoch's evaluation is the final figure (none when there are no epochs).
     after = (final.get("test") or test_reconstruction(model, test_shard))["squared_error"]
-    pca = fit_pca(train_shard.x.split(CHUNK), n_components=config.layers[-1])
-    baseline = squared_error(pca.reconstruct, test_shard.x, "pca.sq")
+    pca = fit_pca((x for x, _ in train_shard.scan()), n_components=config.layers[-1])
+    baseline = squared_error(pca.reconstruct, (x for x, _ in test_shard.scan()), "pca.sq")
     figures = {"squared_error": after, "squared_error_before_finetune": before,
                "pca_squared_error": baseline}
     run.scalars(figures, final.get("epoch", 0), prefix="test/")

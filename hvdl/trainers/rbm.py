@@ -33,14 +33,13 @@ import torch
 from hvdl import checkpoint, dist, engine, sync, viz
 from hvdl import config as configlib
 from hvdl.config import Config
-from hvdl.data.loading import mnist_shards
-from hvdl.data.patches import sample_patches
-from hvdl.data.shard import DeviceShard, steps_per_epoch
+from hvdl.data import dataset
+from hvdl.data.shard import Shard
 from hvdl.dist import Context
 from hvdl.models import rbm as rbm_models
 from hvdl.models.rbm import RBM
 from hvdl.runlog import RunLog
-from hvdl.trainers.finetune import finetune_autoencoder, finetune_classifier, rebatched
+from hvdl.trainers.finetune import finetune_autoencoder, finetune_classifier
 
 CHUNK = 1000  # examples per forward pass when propagating or monitoring a whole shard
 MAX_FILTERS = 256  # filters shown in a stage's picture
@@ -50,13 +49,15 @@ def train(config: Config, ctx: Context, run: RunLog,
           state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain the stack (or load a saved one), then fine-tune it (dbn, deep_ae); returns the
     final figures."""
+    data = dataset.load(config, ctx, run, labels=config.family == "dbn")
+    config = dataset.fit_layers(config, data)
     rbms = build_stack(config, ctx)
-    loaded = load_stack(rbms, config) if config.rbm.pretrained else None  # checked first
-    train_shard, test_shard = load_data(config, ctx)
+    loaded = load_stack(rbms, config) if config.rbm.pretrained else None
+    train_shard, test_shard = data.train, data.test
     # Fine-tuning batches (checked before pretraining); a DBN's targets are the labels, a deep
     # autoencoder's its input.
-    tuning = (rebatched(train_shard, config.rbm.finetune_batch_size,
-                        targets=config.family == "dbn")
+    tuning = (train_shard.rebatched(config.rbm.finetune_batch_size or config.batch_size,
+                                    labels=config.family == "dbn", key="rbm.finetune_batch_size")
               if config.family in ("dbn", "deep_ae") else None)
     result: dict[str, Any] = {}
     # A resumed fine-tuning checkpoint holds the whole model: pretraining is not repeated.
@@ -66,7 +67,7 @@ def train(config: Config, ctx: Context, run: RunLog,
         else:
             run.print(f"pretraining: {len(rbms)} RBMs loaded from {config.rbm.pretrained}")
             for i, rbm in enumerate(rbms, start=1):  # this run's folder keeps every stage it used
-                checkpoint.save_stage(run.dir, f"pretrain{i}", rbm, config)
+                checkpoint.save_stage(run, f"pretrain{i}", rbm, config)
             result["pretrain"] = loaded
         state = None
     if config.family == "dbn":
@@ -74,37 +75,6 @@ def train(config: Config, ctx: Context, run: RunLog,
     elif config.family == "deep_ae":
         result.update(finetune_autoencoder(rbms, tuning, test_shard, config, ctx, run, state))
     return result
-
-
-def load_data(config: Config, ctx: Context) -> tuple[DeviceShard, DeviceShard]:
-    """(train, held-out) shards: MNIST pixels /255 (not binarised), or natural-image patches."""
-    if config.dataset == "patches":
-        return patch_shards(config, ctx)
-    return mnist_shards(config, ctx, flatten=True, standardize=False)
-
-
-def patch_shards(config: Config, ctx: Context) -> tuple[DeviceShard, DeviceShard]:
-    """This rank's patches and a held-out draw a tenth as large (seed + 1), standardised per
-    pixel over all ranks for unit-variance Gaussian visible units (Hinton's practical guide)."""
-    def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-        return dist.allreduce_sum(tensor, name="patches.sum")
-
-    p = config.patches
-    draws = ((config.seed, p.count), (config.seed + 1, max(ctx.size, p.count // 10)))
-    train, held = (torch.from_numpy(sample_patches(  # (k, size²) each, in [0.1, 0.9]
-        p.source, count=count, size=p.size, seed=seed, rank=ctx.rank, ranks=ctx.size,
-        zca_epsilon=p.zca_epsilon if p.zca else None, reduce_sum=reduce_sum))
-        for seed, count in draws)
-    if config.rbm.visible == "gaussian":
-        moments = reduce_sum(torch.stack([train.double().sum(0), train.double().pow(2).sum(0),
-                                          torch.full((train.shape[1],), float(len(train)))]))
-        mean = moments[0] / moments[2]
-        std = (moments[1] / moments[2] - mean.pow(2)).clamp(min=1e-12).sqrt()
-        train, held = ((d - mean) / std for d in (train.double(), held.double()))
-    steps = steps_per_epoch(p.count, ctx.size, config.batch_size)
-    return (DeviceShard(train.float().to(ctx.device), None, batch_size=config.batch_size,
-                        steps=steps, seed=config.seed + 1000 * ctx.rank),
-            DeviceShard(held.float().to(ctx.device), None, batch_size=CHUNK, shuffle=False))
 
 
 def build_stack(config: Config, ctx: Context) -> list[RBM]:
@@ -151,7 +121,7 @@ def load_stack(rbms: list[RBM], config: Config) -> list[dict[str, Any]]:
 
 # --- greedy pretraining ----------------------------------------------------------------------
 
-def pretrain(rbms: list[RBM], shard: DeviceShard, held_out: DeviceShard, config: Config,
+def pretrain(rbms: list[RBM], shard: Shard, held_out: Shard | None, config: Config,
              ctx: Context, run: RunLog) -> list[dict[str, Any]]:
     """Train each RBM on the hidden probabilities of the one below; returns each last epoch."""
     finals = []
@@ -160,9 +130,10 @@ def pretrain(rbms: list[RBM], shard: DeviceShard, held_out: DeviceShard, config:
         run.print(f"{name}: RBM {rbm.n_vis}-{rbm.n_hid} ({rbm.visible} visible, {rbm.hidden} "
                   f"hidden), CD-{config.rbm.cd_k}{' persistent' if config.rbm.persistent else ''}")
         finals.append(train_rbm(rbms[:i], shard, held_out, name, config, ctx, run))
-        checkpoint.save_stage(run.dir, name, rbm, config)
-        if i < len(rbms):
-            shard, held_out = propagate(rbm, shard), propagate(rbm, held_out)
+        checkpoint.save_stage(run, name, rbm, config)
+        if i < len(rbms):  # the next RBM's data: this one's hidden probabilities E[h | v]
+            shard = shard.mapped(rbm.hidden_mean)
+            held_out = held_out.mapped(rbm.hidden_mean) if held_out is not None else None
     return finals
 
 
@@ -174,7 +145,7 @@ def rbm_optimizer(rbm: RBM, lr: float, config: Config) -> torch.optim.Optimizer:
     return sync.wrap(base, rbm, config)  # averages the CD statistics (or the parameters)
 
 
-def train_rbm(stack: list[RBM], shard: DeviceShard, held_out: DeviceShard, name: str,
+def train_rbm(stack: list[RBM], shard: Shard, held_out: Shard | None, name: str,
               config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
     """CD-k epochs for the top RBM of `stack` (the ones below only draw its filters)."""
     rbm = stack[-1]
@@ -218,18 +189,19 @@ def log_epoch(name: str, history: list[dict[str, Any]], step: int, run: RunLog) 
     """The last epoch's monitors to TensorBoard (prefix `<name>/`), console and metrics.json."""
     entry = history[-1]
     run.scalars({k: v for k, v in entry.items() if k != "epoch"}, step, prefix=f"{name}/")
-    run.print(f"{name} epoch {entry['epoch']}: recon {entry['train_recon']:.3f}, held-out recon "
-              f"{entry['heldout_recon']:.3f}, free energy train {entry['train_free_energy']:.2f}"
-              f" / held-out {entry['heldout_free_energy']:.2f}, {entry['seconds']:.1f} s")
+    held = (f", held-out recon {entry['heldout_recon']:.3f}" if "heldout_recon" in entry else "")
+    free = (f" / held-out {entry['heldout_free_energy']:.2f}" if "heldout_recon" in entry else "")
+    run.print(f"{name} epoch {entry['epoch']}: recon {entry['train_recon']:.3f}{held}, free "
+              f"energy train {entry['train_free_energy']:.2f}{free}, {entry['seconds']:.1f} s")
     run.record(**{name: history})
 
 
-def cd_epoch(rbm: RBM, optimizer: torch.optim.Optimizer, shard: DeviceShard,
+def cd_epoch(rbm: RBM, optimizer: torch.optim.Optimizer, shard: Shard,
              schedule: engine.Schedule, generator: torch.Generator, chain: torch.Tensor | None,
              *, epoch: int, step: int, name: str, config: Config, run: RunLog,
              show: Callable[[int], None]) -> tuple[float, int, torch.Tensor | None]:
     """One epoch of CD-k updates; returns (mean reconstruction error over ranks, step, chain)."""
-    total = torch.zeros((), dtype=torch.float64, device=shard.x.device)
+    total = torch.zeros((), dtype=torch.float64, device=shard.device)
     window = torch.zeros_like(total)
     done = 0
     for v0, _ in run.progress(shard.batches(epoch), shard.steps, f"{name} epoch {epoch + 1}"):
@@ -255,33 +227,32 @@ def cd_epoch(rbm: RBM, optimizer: torch.optim.Optimizer, shard: DeviceShard,
 
 
 @torch.no_grad()
-def monitor(rbm: RBM, shard: DeviceShard, held_out: DeviceShard, name: str) -> dict[str, float]:
+def monitor(rbm: RBM, shard: Shard, held_out: Shard | None, name: str) -> dict[str, float]:
     """Mean-field reconstruction error and mean free energy of a training slice (as large as
     the held-out shard) and of held-out data; a growing free-energy gap signals overfitting
-    (Hinton's practical guide). Sums and counts are allreduced: one process's figures."""
+    (Hinton's practical guide). Sums and counts are allreduced: one process's figures. Without
+    held-out data the training slice is as large as a held-out tenth would be."""
+    rows = len(held_out) if held_out is not None else max(1, len(shard) // 10)
+    parts = [[shard.head(rows)], [x for x, _ in held_out.scan()] if held_out is not None else []]
     sums = []
-    for data in (shard.x[:len(held_out)], held_out.x):
-        recon = torch.zeros((), dtype=torch.float64, device=data.device)
+    for batches in parts:
+        recon = torch.zeros((), dtype=torch.float64, device=shard.device)
         free = torch.zeros_like(recon)
-        for v in data.split(CHUNK):
-            v_hat = rbm.visible_mean(rbm.hidden_mean(v))  # (B, n_vis)
-            recon += (v - v_hat).pow(2).sum()
-            free += rbm.free_energy(v).sum()
-        sums += [recon.cpu(), free.cpu(), torch.tensor(float(len(data)), dtype=torch.float64)]
+        count = 0
+        for data in batches:
+            for v in data.split(CHUNK):
+                v_hat = rbm.visible_mean(rbm.hidden_mean(v))  # (B, n_vis)
+                recon += (v - v_hat).pow(2).sum()
+                free += rbm.free_energy(v).sum()
+                count += len(v)
+        sums += [recon.cpu(), free.cpu(), torch.tensor(float(count), dtype=torch.float64)]
     totals = dist.allreduce_sum(torch.stack(sums), name=f"{name}.monitor").tolist()
     n_train, n_held = max(totals[2], 1.0), max(totals[5], 1.0)
-    return {"train_slice_recon": totals[0] / n_train, "train_free_energy": totals[1] / n_train,
-            "heldout_recon": totals[3] / n_held, "heldout_free_energy": totals[4] / n_held,
-            "free_energy_gap": totals[4] / n_held - totals[1] / n_train}
-
-
-@torch.no_grad()
-def propagate(rbm: RBM, shard: DeviceShard) -> DeviceShard:
-    """The shard's hidden probabilities E[h | v], the next RBM's data; labels and order kept."""
-    x = torch.cat([rbm.hidden_mean(v) for v in shard.x.split(CHUNK)])  # (n, n_hid)
-    return DeviceShard(x, shard.y, batch_size=shard.batch_size,
-                       steps=shard.steps if shard.shuffle else None, seed=shard.seed,
-                       shuffle=shard.shuffle)
+    found = {"train_slice_recon": totals[0] / n_train, "train_free_energy": totals[1] / n_train}
+    if held_out is not None:
+        found.update(heldout_recon=totals[3] / n_held, heldout_free_energy=totals[4] / n_held,
+                     free_energy_gap=totals[4] / n_held - totals[1] / n_train)
+    return found
 
 
 @torch.no_grad()

@@ -71,7 +71,7 @@ def run_pca(ctx: dist.Context) -> dict[str, torch.Tensor]:
     mine = slice(ctx.rank * 40 // ctx.size, (ctx.rank + 1) * 40 // ctx.size)
     pca = fit_pca(x[mine].split(3), n_components=3, name="job.pca")
     mine = slice(ctx.rank * 7 // ctx.size, (ctx.rank + 1) * 7 // ctx.size)
-    error = squared_error(pca.reconstruct, held[mine], name="job.pca.sq")
+    error = squared_error(pca.reconstruct, held[mine].split(3), name="job.pca.sq")
     return {"pca.mean": pca.mean, "pca.variances": pca.variances,
             "pca.projector": pca.components @ pca.components.T,
             "pca.squared_error": torch.tensor(error), "pca.x": x, "pca.held": held}

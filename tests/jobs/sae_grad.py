@@ -3,7 +3,7 @@
     horovodrun --gloo -np 2 python tests/jobs/sae_grad.py OUT_DIR
 
 Every rank builds the same fixed global data (float64, seeded) and keeps its shard by the
-project's sharding rule (uneven sizes: 37 examples); the cost and gradient go through the trainer's
+project's chunk rule (uneven sizes: 37 examples); the cost and gradient go through the trainer's
 allreduce (`make_reduce`). Each rank writes OUT_DIR/rank<r>.pt with the global cost terms and
 gradient, the same figures computed the naive way (each rank's own ρ̂ and m, then averaged over
 ranks, as an averaging optimizer would), and its normalised, ZCA-whitened patches.
@@ -19,7 +19,7 @@ import torch
 
 from hvdl import dist
 from hvdl.data.patches import normalize_patches
-from hvdl.data.shard import shard_indices
+from hvdl.data import chunks
 from hvdl.models import autoencoder as ae
 from hvdl.trainers.autoencoder import make_reduce
 
@@ -40,6 +40,12 @@ def fixed_data() -> tuple[torch.Tensor, torch.Tensor]:
     return x, p
 
 
+def shard_rows(n: int, ctx: dist.Context, seed: int) -> torch.Tensor:
+    """This rank's rows of n by the chunk rule (chunks of 4 rows), in ascending order."""
+    mine = chunks.deal(chunks.permute(chunks.cut([n], 4), seed), ctx.rank, ctx.size)
+    return torch.cat([torch.arange(p.start, p.stop) for p in mine]).sort().values
+
+
 def flat_grad(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path((sys.argv[1:] if argv is None else argv)[0])
     ctx = dist.init(threads=1)
     x, p = fixed_data()
-    mine = torch.as_tensor(shard_indices(N, ctx.rank, ctx.size, seed=3))
+    mine = shard_rows(N, ctx, seed=3)
     model = ae.SparseAutoencoder(n_visible=N_VIS, n_hidden=N_HID, seed=1, dtype=torch.float64)
     reduce = make_reduce(ctx, "job.sae") if ctx.size > 1 else ae.identity
     terms, grads = ae.sparse_cost_grad(model, x[mine], reduce_sum=reduce, **HYPER)
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     naive = torch.cat([local.cost.reshape(1), flat_grad(local_grads)])
     if ctx.size > 1:
         naive = dist.allreduce_mean(naive, name="job.naive")
-    patch_rows = torch.as_tensor(shard_indices(len(p), ctx.rank, ctx.size, seed=4))
+    patch_rows = shard_rows(len(p), ctx, seed=4)
     normalized = normalize_patches(p[patch_rows].numpy(), zca_epsilon=0.1, reduce_sum=reduce)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"size": ctx.size, "cost": terms.cost, "grad": flat_grad(grads),

@@ -1,0 +1,264 @@
+"""Readers for arrays on disk: NumPy .npy, IDX (MNIST's format) and HDF5.
+
+    --data.path 'x-*.npy' --data.label 'y-*.npy'           # one label file per feature file
+    --data.path train-images-idx3-ubyte --data.label train-labels-idx1-ubyte
+    --data.path run.h5 --data.features images --data.label digits
+
+Rows are the first axis; the other axes are one example's shape. NPY and raw IDX files are
+memory-mapped for each read, so a rank touches only the pages of its own rows and holds no
+mapping afterwards; HDF5 datasets are read by h5py slices. A gzip-compressed IDX or NPY file is
+read through its decompressed copy (hvdl/data/source.py).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hvdl.data import idx
+from hvdl.data.chunks import Piece
+from hvdl.data.source import DataError, Local, Source, Spec, check_readable, expand, is_gzip
+
+NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
+
+
+def check_numeric(dtype: np.dtype, where: str) -> None:
+    if dtype.kind not in NUMERIC_KINDS:
+        raise DataError(f"{where}: the features are {dtype}; allowed: numbers (bool, integer or "
+                        "float arrays)")
+
+
+def same_schema(schemas: list[Any], files: list[Path], what: str) -> None:
+    """DataError naming the first file whose shape or type differs from the first file's."""
+    for f, schema in zip(files, schemas):
+        if schema != schemas[0]:
+            raise DataError(f"files whose schemas differ: {files[0]} holds {what} {schemas[0]}, "
+                            f"{f} holds {schema}; allowed: files of one shape and type")
+
+
+def label_files(spec: Spec, files: list[Path]) -> list[Path] | None:
+    """The label files matched one to one with the feature files, or None when unlabelled."""
+    if not spec.label:
+        return None
+    labels = expand(spec.label, key="data.label")
+    if len(labels) != len(files):
+        raise DataError(f"data.label {spec.label} matches {len(labels)} files, data.path matches "
+                        f"{len(files)}; allowed: one label file per feature file, in the same "
+                        "sorted order")
+    return labels
+
+
+def check_lengths(rows: list[int], label_rows: list[int], files: list[Path],
+                  labels: list[Path]) -> None:
+    for f, n, lf, m in zip(files, rows, labels, label_rows):
+        if n != m:
+            raise DataError(f"features and labels of different lengths: {f} has {n} rows, {lf} "
+                            f"has {m}; allowed: one label per row")
+
+
+# --- NumPy .npy -----------------------------------------------------------------------------
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a .npy file, checked against its length."""
+    check_readable(path)
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a complete NumPy .npy file ({err}); allowed: a file "
+                        "written by numpy.save") from None
+    if not isinstance(array, np.memmap):
+        raise DataError(f"{path}: an .npz archive, not an .npy file; allowed: one array per "
+                        ".npy file")
+    return array.shape, array.dtype
+
+
+class NpySource(Source):
+    format = "npy"
+
+    def __init__(self, files: list[Path], spec: Spec, *, local: Local, **_: Any) -> None:
+        self.originals, self.files = files, [local(f) if is_gzip(f) else f for f in files]
+        headers = [npy_header(f) for f in self.files]
+        same_schema([(h[0][1:], str(h[1])) for h in headers], self.files, "examples of")
+        shape, self.dtype = headers[0][0][1:], headers[0][1]
+        check_numeric(self.dtype, str(self.files[0]))
+        self.shape = shape or (1,)
+        self.file_rows = [h[0][0] for h in headers]
+        self.label_files = label_files(spec, files)
+        if self.label_files is not None:
+            self.label_files = [local(f) if is_gzip(f) else f for f in self.label_files]
+            label_headers = [npy_header(f) for f in self.label_files]
+            for f, (s, _) in zip(self.label_files, label_headers):
+                if len(s) != 1 and not (len(s) == 2 and s[1] == 1):
+                    raise DataError(f"{f}: labels of shape {s}; allowed: one label per row")
+            check_lengths(self.file_rows, [h[0][0] for h in label_headers], self.files,
+                          self.label_files)
+            self.label_name = spec.label
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        x = read_rows(self.files[piece.file], piece).reshape(piece.rows, -1)
+        y = None
+        if self.label_files is not None:
+            y = read_rows(self.label_files[piece.file], piece).reshape(-1)
+        return x, y
+
+    def labels(self, piece: Piece) -> np.ndarray | None:
+        if self.label_files is None:
+            return None
+        return read_rows(self.label_files[piece.file], piece).reshape(-1)
+
+
+def read_rows(path: Path, piece: Piece) -> np.ndarray:
+    """Rows of `piece` from a .npy file through a memory map dropped at once."""
+    mapped = np.load(path, mmap_mode="r")
+    out = np.array(mapped[piece.start:piece.stop])
+    del mapped
+    return out
+
+
+# --- IDX ------------------------------------------------------------------------------------
+
+def idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(element type, dimensions, header length) of a raw IDX file, checked against its size."""
+    check_readable(path)
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * 255)
+    dtype, dims, header_len = idx.parse_header(head, path)
+    expected = header_len + math.prod(dims) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise idx.IdxError(f"{path}: truncated or padded: {size} bytes, the header's "
+                           f"{'×'.join(map(str, dims))} {dtype.newbyteorder('=').name} "
+                           f"elements need {expected}; allowed: a complete IDX file")
+    return dtype, dims, header_len
+
+
+class IdxSource(Source):
+    format = "idx"
+
+    def __init__(self, files: list[Path], spec: Spec, *, local: Local, **_: Any) -> None:
+        self.originals, self.files = files, [local(f) if is_gzip(f) else f for f in files]
+        self.headers = [idx_header(f) for f in self.files]
+        same_schema([(h[1][1:], str(h[0])) for h in self.headers], self.files, "examples of")
+        self.dtype = self.headers[0][0].newbyteorder("=")
+        self.shape = self.headers[0][1][1:] or (1,)
+        self.file_rows = [h[1][0] for h in self.headers]
+        self.label_files = label_files(spec, files)
+        if self.label_files is not None:
+            self.label_files = [local(f) if is_gzip(f) else f for f in self.label_files]
+            self.label_headers = [idx_header(f) for f in self.label_files]
+            for f, (_, dims, _) in zip(self.label_files, self.label_headers):
+                if len(dims) != 1:
+                    raise DataError(f"{f}: labels of {len(dims)} dimensions; allowed: a 1-d IDX "
+                                    "file, one label per row")
+            check_lengths(self.file_rows, [h[1][0] for h in self.label_headers], self.files,
+                          self.label_files)
+            self.label_name = spec.label
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        x = idx_rows(self.files[piece.file], self.headers[piece.file], piece)
+        y = None
+        if self.label_files is not None:
+            y = idx_rows(self.label_files[piece.file], self.label_headers[piece.file], piece)
+        return x.reshape(piece.rows, -1), y
+
+    def labels(self, piece: Piece) -> np.ndarray | None:
+        if self.label_files is None:
+            return None
+        return idx_rows(self.label_files[piece.file], self.label_headers[piece.file], piece)
+
+
+def idx_rows(path: Path, header: tuple[np.dtype, tuple[int, ...], int], piece: Piece) -> np.ndarray:
+    dtype, dims, offset = header
+    mapped = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=dims)
+    out = mapped[piece.start:piece.stop].astype(dtype.newbyteorder("="))
+    del mapped
+    return out
+
+
+# --- HDF5 -----------------------------------------------------------------------------------
+
+def datasets(handle: Any) -> dict[str, Any]:
+    """Every dataset in an open HDF5 file, by its path ("group/name")."""
+    import h5py
+
+    found: dict[str, Any] = {}
+
+    def visit(name: str, obj: Any) -> None:  # a value returned would end the visit
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    handle.visititems(visit)
+    return found
+
+
+class Hdf5Source(Source):
+    format = "hdf5"
+
+    def __init__(self, files: list[Path], spec: Spec, **_: Any) -> None:
+        import h5py
+
+        self.files, self.handles = files, []
+        for f in files:
+            check_readable(f)
+            try:
+                self.handles.append(h5py.File(f, "r"))
+            except OSError as err:
+                raise DataError(f"{f}: not a complete HDF5 file ({err}); allowed: a file written "
+                                "by h5py or the HDF5 library") from None
+        self.key = self.features_key(spec)
+        self.label_name = spec.label or None
+        schemas = []
+        for f, h in zip(files, self.handles):
+            found = datasets(h)
+            for key, what in ((self.key, "data.features"), (spec.label, "data.label")):
+                if key and key not in found:
+                    raise DataError(f"{what}: {f} has no dataset {key!r} (it holds "
+                                    f"{', '.join(found) or 'none'}); allowed: one of those")
+            schemas.append((found[self.key].shape[1:], str(found[self.key].dtype)))
+        same_schema(schemas, files, "examples of")
+        first = self.handles[0][self.key]
+        self.dtype, self.shape = first.dtype, first.shape[1:] or (1,)
+        check_numeric(self.dtype, f"{files[0]}:{self.key}")
+        self.file_rows = [h[self.key].shape[0] for h in self.handles]
+        if self.label_name:
+            check_lengths(self.file_rows, [h[spec.label].shape[0] for h in self.handles],
+                          [Path(f"{f}:{self.key}") for f in files],
+                          [Path(f"{f}:{spec.label}") for f in files])
+
+    def features_key(self, spec: Spec) -> str:
+        """data.features (one key), else the one dataset of the first file that is not the label."""
+        if len(spec.features) > 1:
+            raise DataError(f"config key 'data.features' names {len(spec.features)} keys for "
+                            "HDF5; allowed: one dataset key")
+        if spec.features:
+            return spec.features[0]
+        found = [k for k in datasets(self.handles[0]) if k != spec.label]
+        if len(found) != 1:
+            raise DataError(f"{self.files[0]} holds {len(found)} datasets besides the label "
+                            f"({', '.join(found) or 'none'}); allowed: data.features naming one")
+        return found[0]
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        h = self.handles[piece.file]
+        x = np.asarray(h[self.key][piece.start:piece.stop]).reshape(piece.rows, -1)
+        return x, self.labels(piece)
+
+    def labels(self, piece: Piece) -> np.ndarray | None:
+        if not self.label_name:
+            return None
+        y = np.asarray(self.handles[piece.file][self.label_name][piece.start:piece.stop])
+        y = y.reshape(-1)
+        if y.dtype.kind in "SO":
+            y = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in y])
+        return y
+
+    def position(self, piece: Piece, row: int) -> str:
+        return f"{self.files[piece.file]}:{self.key} row {piece.start + row}"
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.close()
+        self.handles = []

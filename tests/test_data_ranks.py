@@ -1,0 +1,158 @@
+"""The data layer with real ranks: the chunk rule for every format on 1 to 4 ranks, streaming,
+one training step on user data equal on 1 and 2 ranks, and MNIST in five formats training to
+the same weights."""
+
+import json
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from hvdl.data import idx
+from hvdl.data.mnist import load_mnist, resolve_data_dir
+from hvdl.data.tool import main as tool
+from procs import ROOT, check_job
+
+pytestmark = pytest.mark.slow
+
+ROWS = 103
+CHUNK = ["--data.chunk_mb", str(8 * 16 / 2**20), "--data.buffer_mb", str(3 * 16 * 8 / 2**20),
+         "--batch_size", "5"]  # chunks of 8 rows of 4 features, windows of 3 chunks
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """The same 103 rows (feature 0: the row id) in every format, and the options for each."""
+    t = tmp_path_factory.mktemp("formats")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 250, (ROWS, 4)).astype(np.uint8)
+    x[:, 0] = np.arange(ROWS)
+    y = rng.integers(0, 3, ROWS)
+    names = np.array(["ant", "bee", "cat"])[y]
+    np.save(t / "x.npy", x.astype(np.float32))
+    np.save(t / "y.npy", y)
+    idx.write_idx(t / "x-idx2-ubyte", x)
+    idx.write_idx(t / "y-idx1-ubyte.gz", y.astype(np.uint8))
+    with h5py.File(t / "d.h5", "w") as f:
+        f["x"], f["y"] = x, y
+    (t / "d.csv").write_text("id,b,c,d,cls\n" + "".join(
+        f"{a},{b},{c},{d},{n}\n" for (a, b, c, d), n in zip(x.tolist(), names)))
+    pq.write_table(pa.table({"id": x[:, 0], "b": x[:, 1], "c": x[:, 2], "d": x[:, 3],
+                             "cls": names}), t / "d.parquet", row_group_size=7)
+    for i in range(ROWS):
+        (t / "img" / names[i]).mkdir(parents=True, exist_ok=True)
+        picture = np.full((4, 4), 9, dtype=np.uint8)
+        picture[0, 0] = i
+        Image.fromarray(picture).save(t / "img" / names[i] / f"{i:03d}.png")
+    npy = ["--data.path", str(t / "x.npy"), "--data.label", str(t / "y.npy"), *CHUNK]
+    return {
+        "npy": npy,
+        "npy-stream": [*npy, "--data.memory", "stream"],
+        "idx": ["--data.path", str(t / "x-idx2-ubyte"), "--data.label",
+                str(t / "y-idx1-ubyte.gz"), *CHUNK],
+        "hdf5": ["--data.path", str(t / "d.h5"), "--data.features", "x", "--data.label", "y",
+                 *CHUNK],
+        "csv": ["--data.path", str(t / "d.csv"), "--data.label", "cls", *CHUNK],
+        "parquet": ["--data.path", str(t / "d.parquet"), "--data.label", "cls", *CHUNK],
+        "images": ["--data.path", str(t / "img"), "--data.label", "1", *CHUNK],
+        "held-out": [*npy, "--data.test_fraction", "0.25"],
+    }
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_every_format_is_dealt_disjoint_covering_shards_with_equal_steps(tmp_path, datasets,
+                                                                         size):
+    """Test that for each format, N real ranks hold disjoint shards covering the data, differing
+    by at most a row, and take the same steps; streaming deals and orders as holding does."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(datasets))
+    check_job(size, [str(ROOT / "tests" / "jobs" / "data_shards.py"), str(spec),
+                     str(tmp_path / "out")], timeout=300)
+    found = {name: [json.loads((tmp_path / "out" / f"{name}-rank{r}.json").read_text())
+                    for r in range(size)] for name in datasets}
+    for name, ranks in found.items():
+        train = [r["train"] for r in ranks]
+        test = sorted(i for r in ranks for i in r["test"])
+        together = sorted(i for ids in train for i in ids)
+        assert len(together) == len(set(together)), name
+        assert sorted(together + test) == list(range(ROWS)), name
+        assert max(map(len, train)) - min(map(len, train)) <= 1, name
+        assert {r["steps"] for r in ranks} == {len(together) // size // 5}, name
+        assert ranks[0]["classes"] in ([0, 1, 2], ["ant", "bee", "cat"]), name
+    assert len(test) == round(0.25 * ROWS) and not found["npy-stream"][0]["held"]
+    for held, streamed in zip(found["npy"], found["npy-stream"]):
+        assert held["batches"] == streamed["batches"] and held["train"] == streamed["train"]
+    for name in ("idx", "hdf5", "csv", "parquet"):  # the same rows in any format, the same shards
+        assert [r["train"] for r in found[name]] == [r["train"] for r in found["npy"]], name
+
+
+def final_weights(results):
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    newest = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
+    return torch.load(newest, weights_only=True)["model"]
+
+
+def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
+    """Test that SGD on one global batch of a user's CSV images gives the same weights with -np 1
+    and -np 2, string labels and all."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (96, 256))
+    classes = np.array(["circle", "square", "star"])[rng.integers(0, 3, 96)]
+    header = ",".join(f"p{j}" for j in range(256)) + ",shape\n"
+    rows = "".join(",".join(map(str, p)) + f",{c}\n" for p, c in zip(pixels, classes))
+    (tmp_path / "shapes.csv").write_text(header + rows)
+    weights = {}
+    for np_ in (1, 2):
+        out = tmp_path / f"np{np_}"
+        check_job(np_, ["-m", "hvdl.train", "--data.path", str(tmp_path / "shapes.csv"),
+                        "--data.label", "shape", "--data.shape", "1,16,16", "--data.scale",
+                        "standardize", "--batch_size", str(96 // np_), "--epochs", "2",
+                        "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
+                        "--lr_scaling", "none", "--schedule", "constant", "--label_smoothing",
+                        "0", "--results_dir", str(out)])
+        weights[np_] = final_weights(out)
+    for name, w1 in weights[1].items():
+        torch.testing.assert_close(weights[2][name], w1, rtol=0, atol=1e-6, msg=name)
+    assert weights[1]["classifier.5.weight"].shape == (3, 84)
+
+
+def test_mnist_in_five_formats_trains_to_bit_identical_weights(tmp_path):
+    """Test that a slice of MNIST as IDX, CSV, Parquet, NPY and HDF5 (written by `hvdl data
+    convert`) trains LeNet-5 on 2 ranks to the same weights, bit for bit."""
+    images, labels = load_mnist(resolve_data_dir(), "train")
+    test_images, test_labels = load_mnist(resolve_data_dir(), "test")
+    files = {}
+    for split, (im, lab) in {"train": (images[:1200], labels[:1200]),
+                             "test": (test_images[:300], test_labels[:300])}.items():
+        idx.write_idx(tmp_path / f"{split}-images-idx3-ubyte", im)
+        idx.write_idx(tmp_path / f"{split}-labels-idx1-ubyte", lab)
+        files[split] = (tmp_path / f"{split}-images-idx3-ubyte",
+                        tmp_path / f"{split}-labels-idx1-ubyte")
+    runs = {"idx": ["--data.path", str(files["train"][0]), "--data.label", str(files["train"][1]),
+                    "--data.test_path", str(files["test"][0]), "--data.test_label",
+                    str(files["test"][1])]}
+    for fmt, suffix in (("csv", "csv"), ("parquet", "parquet"), ("npy", "npy"), ("hdf5", "h5")):
+        for split in ("train", "test"):
+            image_file, label_file = files[split]
+            assert tool(["convert", str(image_file), str(tmp_path / f"{split}.{suffix}"),
+                         "--label", str(label_file)]) == 0
+        label = {"npy": "train.labels.npy", "hdf5": "labels"}.get(fmt, "label")
+        runs[fmt] = ["--data.path", str(tmp_path / f"train.{suffix}"), "--data.test_path",
+                     str(tmp_path / f"test.{suffix}"), "--data.shape", "1,28,28",
+                     "--data.label", str(tmp_path / label) if fmt == "npy" else label]
+        if fmt == "npy":
+            runs[fmt] += ["--data.test_label", str(tmp_path / "test.labels.npy")]
+        if fmt == "hdf5":
+            runs[fmt] += ["--data.features", "features"]
+    weights = {}
+    for fmt, options in runs.items():
+        check_job(2, ["-m", "hvdl.train", *options, "--epochs", "1", "--max_steps", "6",
+                      "--results_dir", str(tmp_path / f"runs-{fmt}")])
+        weights[fmt] = final_weights(tmp_path / f"runs-{fmt}")
+    for fmt, found in weights.items():
+        for name, tensor in weights["idx"].items():
+            assert torch.equal(found[name], tensor), (fmt, name)

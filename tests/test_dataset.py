@@ -1,0 +1,151 @@
+"""One rank's shard of a dataset (`hvdl.data.dataset.load`), in one process: memory modes, the
+epoch order, labels, normalisation, layers from the data, and the bad-input checks.
+
+Ranks other than 0 are simulated in-process with the elastic controller, under which the data
+layer makes no collective (each rank surveys the whole training set itself).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from hvdl import config as configlib
+from hvdl.config import ConfigError
+from hvdl.data import dataset
+from hvdl.dist import Context
+
+ROWS, FEATURES = 1000, 16
+
+
+def context(rank=0, size=1):
+    return Context(rank=rank, size=size, local_rank=rank, local_size=size,
+                   device=torch.device("cpu"), threads=1,
+                   controller="single" if size == 1 else "elastic")
+
+
+def npy_data(tmp_path, rows=ROWS, labels=True, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(5.0, 3.0, (rows, FEATURES)).astype(np.float32)
+    x[:, 0] = np.arange(rows)  # row ids, to follow the rows
+    np.save(tmp_path / "x.npy", x)
+    opts = ["--data.path", str(tmp_path / "x.npy")]
+    if labels:
+        np.save(tmp_path / "y.npy", rng.choice(np.array(["ant", "bee", "cat"]), rows))
+        opts += ["--data.label", str(tmp_path / "y.npy")]
+    return x, opts
+
+
+def config(*opts, model="dbn_small"):
+    return configlib.load(model, ["--data.scale", "none", *opts])
+
+
+def batches(shard, epoch, start=0):
+    return [(x.clone(), None if y is None else y.clone()) for x, y in shard.batches(epoch, start)]
+
+
+@pytest.mark.parametrize("rank, size", [(0, 1), (1, 3)])
+def test_streamed_and_held_shards_serve_the_same_batches(tmp_path, rank, size):
+    """Test that a streamed shard and a held one give the same batches in the same order,
+    epoch after epoch and from a resumed batch, with windows smaller than the shard."""
+    _, opts = npy_data(tmp_path)
+    opts += ["--batch_size", "10", "--data.chunk_mb", "0.001", "--data.buffer_mb", "0.01"]
+    held = dataset.load(config(*opts, "--data.memory", "device"), context(rank, size),
+                        labels=True).train
+    streamed = dataset.load(config(*opts, "--data.memory", "stream"), context(rank, size),
+                            labels=True).train
+    assert held.held and not streamed.held and held.steps == streamed.steps > 0
+    assert len(held.order.windows(0)) > 2  # the shuffle windows are smaller than the shard
+    for epoch in (0, 1, 0):
+        a, b = batches(held, epoch), batches(streamed, epoch)
+        assert len(a) == len(b) == held.steps
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    tail_a, tail_b = batches(held, 2, start=7), batches(streamed, 2, start=7)
+    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(tail_a, tail_b))
+    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(batches(held, 2)[7:], tail_a))
+    scanned = torch.cat([x for x, _ in streamed.scan(33)])
+    assert torch.equal(scanned, held.x)
+    streamed.close()
+
+
+def test_an_epoch_serves_distinct_rows_and_reshuffles(tmp_path):
+    """Test that an epoch's batches hold distinct rows and the next epoch orders them anew."""
+    _, opts = npy_data(tmp_path)
+    shard = dataset.load(config(*opts, "--batch_size", "32"), context()).train
+    first = torch.cat([x[:, 0] for x, _ in shard.batches(0)])
+    again = torch.cat([x[:, 0] for x, _ in shard.batches(0)])
+    other = torch.cat([x[:, 0] for x, _ in shard.batches(1)])
+    assert len(first) == 31 * 32 and len(set(first.tolist())) == len(first)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_simulated_ranks_share_the_rows_out_disjointly(tmp_path):
+    """Test that the shards of 3 ranks are disjoint, cover the data and take equal steps."""
+    _, opts = npy_data(tmp_path)
+    shards = [dataset.load(config(*opts, "--data.chunk_mb", "0.002"), context(r, 3)).train
+              for r in range(3)]
+    ids = [torch.cat([x[:, 0] for x, _ in s.scan()]) for s in shards]
+    together = torch.cat(ids)
+    assert sorted(together.tolist()) == list(range(ROWS))
+    assert {s.steps for s in shards} == {ROWS // 3 // 64}
+
+
+def test_labels_map_to_one_sorted_vocabulary_and_layers_come_from_the_data(tmp_path):
+    """Test that string labels become indices of the sorted classes, and 0s in layers are filled."""
+    x, opts = npy_data(tmp_path)
+    data = dataset.load(config(*opts, "--layers", "0,20,0"), context(), labels=True)
+    assert data.classes == ("ant", "bee", "cat")
+    raw = np.load(tmp_path / "y.npy")
+    order = torch.cat([x[:, 0] for x, _ in data.train.scan()]).long().numpy()
+    labels = torch.cat([y for _, y in data.train.scan()]).numpy()
+    np.testing.assert_array_equal(np.array(data.classes)[labels], raw[order])
+    fitted = dataset.fit_layers(config(*opts, "--layers", "0,20,0"), data)
+    assert fitted.layers == (FEATURES, 20, 3)
+    with pytest.raises(ConfigError, match="starts with 784 inputs, the data has 16 features"):
+        dataset.fit_layers(config(*opts, "--layers", "784,20,3"), data)
+    with pytest.raises(ConfigError, match="ends with 10 classes, the data has 3"):
+        dataset.fit_layers(config(*opts, "--layers", "16,20,10"), data)
+
+
+@pytest.mark.parametrize("scale", ["unit", "standardize", "minmax"])
+def test_scales_use_the_whole_training_set(tmp_path, scale):
+    """Test that every simulated rank scales with the statistics of the whole training set."""
+    x, opts = npy_data(tmp_path, labels=False)
+    opts += ["--data.test_fraction", "0.2", "--data.scale", scale]
+    shards = [dataset.load(config(*opts), context(r, 2)) for r in range(2)]
+    train = torch.cat([torch.cat([b for b, _ in d.train.scan()]) for d in shards]).double()
+    if scale == "unit":
+        ids = np.rint(train[:, 0].numpy() * 255).astype(int)
+        np.testing.assert_allclose(train.numpy(), x[ids] / 255, rtol=1e-6)
+        assert shards[0].info["scale"]["div"][0] == 255
+    elif scale == "standardize":
+        np.testing.assert_allclose(train.mean(0).numpy(), 0, atol=1e-5)
+        np.testing.assert_allclose(train.std(0, unbiased=False).numpy(), 1, atol=1e-5)
+    else:
+        np.testing.assert_allclose(train.min(0).values.numpy(), 0, atol=1e-6)
+        np.testing.assert_allclose(train.max(0).values.numpy(), 1, atol=1e-6)
+    assert shards[0].info["scale"] == shards[1].info["scale"]
+    test = torch.cat([torch.cat([b for b, _ in d.test.scan()]) for d in shards])
+    assert len(test) == 200 and len(train) == 800
+
+
+def test_image_shaped_examples_are_standardised_per_channel(tmp_path):
+    """Test that (C, H, W) examples get one mean and deviation per channel."""
+    rng = np.random.default_rng(2)
+    x = np.stack([rng.normal(10, 2, (200, 16)), rng.normal(-3, 5, (200, 16))], axis=1)
+    np.save(tmp_path / "img.npy", x.reshape(200, 2, 4, 4).astype(np.float32))
+    data = dataset.load(config("--data.path", str(tmp_path / "img.npy"), "--data.scale",
+                               "standardize", model="lenet5"), context(), images=False)
+    shift = np.array(data.info["scale"]["shift"]).reshape(2, 16)
+    assert np.allclose(shift, shift[:, :1]) and abs(shift[0, 0] - 10) < 0.5
+    assert abs(shift[1, 0] + 3) < 1
+
+
+def test_a_given_record_reads_new_data_as_training_did(tmp_path):
+    """Test that a checkpoint's classes and scale are applied as they are to other data."""
+    x, opts = npy_data(tmp_path)
+    first = dataset.load(config(*opts, "--data.scale", "standardize"), context(), labels=True)
+    x2, opts2 = npy_data(tmp_path / "..", seed=5)
+    again = dataset.load(config(*opts2, "--data.scale", "standardize"), context(), labels=True,
+                         given=first.info)
+    assert again.info["scale"] == first.info["scale"] and again.classes == first.classes
