@@ -1,7 +1,8 @@
-"""The `hvdl` command: `hvdl train|eval|fetch|report|bench ...`, each the matching module's `main`.
+"""The `hvdl` command: `hvdl train|eval|fetch|report|bench|data ...`, each a module's `main`.
 
     hvdl train --model lenet5 --epochs 3      # same as python -m hvdl.train ...
     hvdl fetch mnist --data-dir data
+    hvdl data inspect train.csv --label y     # same as python -m hvdl.data.tool inspect ...
     hvdl bench --ranks 1 2
 """
 
@@ -11,7 +12,7 @@ import importlib
 import sys
 
 COMMANDS = {"train": "hvdl.train", "eval": "hvdl.evaluate", "fetch": "hvdl.fetch",
-            "report": "hvdl.report", "bench": "hvdl.bench"}
+            "report": "hvdl.report", "bench": "hvdl.bench", "data": "hvdl.data.tool"}
 
 
 def main(argv: list[str] | None = None) -> int:
