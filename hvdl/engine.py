@@ -29,6 +29,7 @@ from hvdl import config as configlib
 from hvdl.config import Config
 from hvdl.data.shard import Shard
 from hvdl.dist import Context
+from hvdl.host import seconds_since_start
 from hvdl.runlog import RunLog
 
 
@@ -138,6 +139,8 @@ def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: Shard,
             total += loss.detach()
             window += loss.detach()
             step, batch, in_window, seen = step + 1, batch + 1, in_window + 1, seen + len(x)
+            if step == 1:  # how long a run takes to start training: imports, data, model
+                run.record(first_step_s=seconds_since_start())
             if batch % config.log_every == 0 or batch == shard.steps:
                 mean = ranks_mean(float(window) / in_window, stage.name, step)
                 rate = seen * schedule.size / (time.perf_counter() - started)

@@ -33,8 +33,9 @@ def format_report(report: dict) -> str:
     lines = [f"test cost {report['cost']:.4f}  accuracy {100 * report['accuracy']:.2f}%  "
              f"macro F1 {report['macro_f1']:.4f}  ({report['count']} images)",
              "class  precision  recall  f1"]
-    for c, (p, r, f) in enumerate(zip(report["precision"], report["recall"], report["f1"])):
-        lines.append(f"{c:>5}  {p:9.4f}  {r:6.4f}  {f:.4f}")
+    for c, p, r, f in zip(report["classes"], report["precision"], report["recall"],
+                          report["f1"]):
+        lines.append(f"{str(c):>5}  {p:9.4f}  {r:6.4f}  {f:.4f}")
     lines.append("confusion (rows: true class, columns: predicted)")
     lines += [" ".join(f"{n:5d}" for n in row) for row in report["confusion"]]
     return "\n".join(lines)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         raise fail(str(err), ctx.is_root) from None
     model = trainer.build_classifier(config, ctx, data.info)
     model.load_state_dict(payload["model"])
-    report = metrics.evaluate_classifier(model, data.test.scan(), len(data.classes))
+    report = metrics.evaluate_classifier(model, data.test.scan(), data.classes)
     if ctx.is_root:
         print(format_report(report))
         if args.out:

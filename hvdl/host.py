@@ -98,3 +98,19 @@ def keep_freed_memory() -> None:
         return
     libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
     libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+
+
+def peak_rss_mb() -> float:
+    """The most resident memory this process has held so far, in MiB (Linux: ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def seconds_since_start() -> float:
+    """Seconds since this process started (its start-up, imports and data included)."""
+    import time
+
+    import psutil
+
+    return time.time() - psutil.Process().create_time()

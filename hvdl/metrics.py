@@ -7,6 +7,7 @@ Integer counts make the figures exactly those of one process on the whole test s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -21,8 +22,10 @@ def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, classes: int
     return torch.bincount(flat, minlength=classes * classes).reshape(classes, classes)
 
 
-def report(confusion: torch.Tensor, cost_sum: float, count: int) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1 and their macro means from global counts."""
+def report(confusion: torch.Tensor, cost_sum: float, count: int,
+           names: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1 and their macro means from global counts; the
+    classes are named by `names` (default: their indices)."""
     c = confusion.double()
     true_pos = c.diag()
     predicted = c.sum(0)
@@ -41,14 +44,18 @@ def report(confusion: torch.Tensor, cost_sum: float, count: int) -> dict[str, An
         "macro_f1": float(f1.mean()),
         "confusion": confusion.tolist(),
         "count": count,
+        "classes": list(names) if names is not None else list(range(len(confusion))),
     }
 
 
 @torch.no_grad()
-def evaluate_classifier(model: torch.nn.Module, batches: Any, classes: int = 10,
-                        name: str = "eval",
+def evaluate_classifier(model: torch.nn.Module, batches: Any,
+                        classes: int | Sequence[Any] = 10, name: str = "eval",
                         loss: Callable = F.cross_entropy) -> dict[str, Any]:
-    """Evaluate on this rank's batches, then aggregate over ranks (a collective on every rank)."""
+    """Evaluate on this rank's batches, then aggregate over ranks (a collective on every rank).
+    `classes`: their number, or their names (the data's vocabulary)."""
+    names = None if isinstance(classes, int) else list(classes)
+    classes = classes if names is None else len(names)
     was_training = model.training
     model.eval()
     confusion = None
@@ -67,7 +74,7 @@ def evaluate_classifier(model: torch.nn.Module, batches: Any, classes: int = 10,
         cost = torch.zeros((), dtype=torch.float64, device=device)
     confusion = dist.allreduce_sum(confusion.cpu(), name=f"{name}.confusion")
     cost_sum = float(dist.allreduce_sum(cost.reshape(1).cpu(), name=f"{name}.cost"))
-    return report(confusion, cost_sum, int(confusion.sum()))
+    return report(confusion, cost_sum, int(confusion.sum()), names)
 
 
 def summary(result: dict[str, Any]) -> dict[str, float]:

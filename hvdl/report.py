@@ -39,11 +39,14 @@ COLUMNS = [("train_cost", "train cost", "{:.4f}"), ("train_recon", "train recon.
 
 
 def dotted(record: dict[str, Any], key: str) -> Any:
-    """`record[key]`, following dots into nested tables ("test.accuracy", "perf.sync");
-    None if absent."""
+    """`record[key]`, following dots into nested tables and lists ("test.accuracy",
+    "train.0.seconds"); None if absent."""
     value: Any = record
     for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, list) and part.isdigit():
+            value = value[int(part)] if int(part) < len(value) else None
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
     return value
 
 
@@ -77,25 +80,63 @@ def summarise(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(run_dirs: list[Path], keys: list[str]) -> str:
-    """One row per run: the settings `keys`, test accuracy per epoch, final accuracy, time."""
-    lines = ["| run | ranks | " + " | ".join(keys) + " | test accuracy per epoch | final | "
-             "training s |", "|---|---:|" + "---|" * len(keys) + "---|---:|---:|"]
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def cell(value: Any) -> str:
+    """A figure for a table cell: numbers rounded, lists joined."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    return str(value)
+
+
+def weights_digest(run_dir: Path) -> str:
+    """The first 12 hex digits of a SHA-256 over the newest checkpoint's model tensors."""
+    import hashlib
+
+    import torch
+
+    found = sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    if not found:
+        return "no checkpoint"
+    model = torch.load(found[-1], map_location="cpu", weights_only=True)["model"]
+    digest = hashlib.sha256()
+    for name in sorted(model):
+        digest.update(name.encode() + model[name].contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def compare(run_dirs: list[Path], keys: list[str], *, metrics: tuple[str, ...] = (),
+            data: tuple[str, ...] = (), weights: bool = False) -> str:
+    """One row per run: the settings `keys`, test accuracy per epoch, final accuracy, time, and
+    any `metrics` (metrics.json) and `data` (data.json) keys, and the weights' digest."""
+    extra = [*metrics, *(f"data {k}" for k in data), *(["weights"] if weights else [])]
+    lines = ["| run | ranks | " + " | ".join([*keys, "test accuracy per epoch", "final",
+                                              "training s", *extra]) + " |",
+             "|---|---:|" + "---|" * len(keys) + "---|---:|---:|" + "---:|" * len(extra)]
     for run_dir in run_dirs:
         meta = json.loads((run_dir / "metadata.json").read_text())
         result = json.loads((run_dir / "metrics.json").read_text())
         config = tomllib.loads((run_dir / "config.toml").read_text())
+        record = read_json(run_dir / "data.json")
         timed = epochs(result)
         settings = [dotted(config, k) for k in keys]
         if None in settings:
             raise KeyError(keys[settings.index(None)])
         curve = ", ".join(f"{100 * a:.2f}" for e in timed
                           if (a := dotted(e, "test.accuracy")) is not None)
-        final = result.get("final", {}).get("accuracy")
+        final = (result.get("final") or {}).get("accuracy")
+        cells = [cell(dotted(result, k)) for k in metrics]
+        cells += [cell(dotted(record, k)) for k in data]
+        cells += [weights_digest(run_dir)] if weights else []
         lines.append(f"| {run_dir.name} | {meta['world_size']} | "
                      + " | ".join(map(str, settings))
                      + f" | {curve} | {'' if final is None else f'{100 * final:.2f}%'} | "
-                     f"{sum(e['seconds'] for e in timed):.1f} |")
+                     f"{sum(e['seconds'] for e in timed):.1f} |"
+                     + "".join(f" {c} |" for c in cells))
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", metavar="KEYS", type=lambda v: v.split(","),
                         help="one table, a row per run, with these comma-separated config keys "
                         "(e.g. perf.sync,perf.sync_every)")
+    keys = lambda v: tuple(v.split(","))  # noqa: E731
+    parser.add_argument("--metrics", metavar="KEYS", type=keys, default=(),
+                        help="with --compare: metrics.json keys as columns (first_step_s, "
+                        "peak_rss_mb, train.0.samples_per_s)")
+    parser.add_argument("--data", metavar="KEYS", type=keys, default=(),
+                        help="with --compare: data.json keys as columns (memory, rows.train)")
+    parser.add_argument("--weights", action="store_true",
+                        help="with --compare: a digest of each run's final weights")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
         if not (run_dir / "metrics.json").is_file():
@@ -113,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.compare:
         try:
-            print(compare(args.runs, args.compare))
+            print(compare(args.runs, args.compare, metrics=args.metrics, data=args.data,
+                          weights=args.weights))
         except KeyError as err:
             print(f"hvdl report: error: no config key {err.args[0]!r} in a run's config.toml; "
                   "give keys as in config.toml (lr, perf.sync)", file=sys.stderr)

@@ -34,6 +34,7 @@ from hvdl.config import Config, ConfigError
 from hvdl.dist import LaunchError
 from hvdl.engine import NonFiniteLoss
 from hvdl.errors import BadInput
+from hvdl.host import peak_rss_mb
 from hvdl.preemption import Stopped
 from hvdl.runlog import RunLog
 
@@ -140,6 +141,13 @@ def check_launcher(config: Config, ctx: dist.Context) -> None:
             "S, and elastic = false (the default) with any other launcher")
 
 
+def peak_memory(ctx: dist.Context) -> list[float]:
+    """Every rank's peak resident memory in MiB, in rank order (a collective)."""
+    if ctx.size == 1 or ctx.controller == "elastic":  # elastic: no collective outside its loop
+        return [peak_rss_mb()]
+    return dist.allgather_object(peak_rss_mb(), name="memory.peak")
+
+
 def run_training(config: Config, ctx: dist.Context) -> dict[str, Any]:
     """Everything after start-up: run folder, metadata, the family's trainer, final metrics."""
     check_launcher(config, ctx)
@@ -161,7 +169,7 @@ def run_training(config: Config, ctx: dist.Context) -> dict[str, Any]:
         final = trainer.train(config, ctx, run, state=state)
         if config.perf.timeline:
             dist.stop_timeline()
-        run.record(final=final)
+        run.record(final=final, peak_rss_mb=peak_memory(ctx))
         return final
     except BAD_INPUT:
         fresh = run_dir is None and run.dir is not None and checkpoint.latest(run.dir) is None

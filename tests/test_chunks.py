@@ -37,7 +37,9 @@ def test_chunks_hold_whole_row_blocks_and_the_permutation_follows_the_seed():
     assert chunks.permute(cut, 1) == chunks.permute(cut, 1)
     assert chunks.permute(cut, 1) != chunks.permute(cut, 2)
     assert sorted(chunks.permute(cut, 1), key=lambda p: (p.file, p.start)) == cut
-    assert chunks.chunk_rows(784, 4) == 4 * 2**20 // (4 * 784)
+    assert chunks.chunk_rows(784, 4, 10**6) == 4 * 2**20 // (4 * 784)  # 4 MB of features
+    assert chunks.chunk_rows(784, 4, 60000) == 235  # at least 256 chunks
+    assert chunks.chunk_rows(30, 4, 100) == 1
 
 
 def test_holding_out_is_deterministic_and_disjoint():

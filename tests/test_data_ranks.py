@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hvdl.data import idx
+from hvdl.data import chunks, idx
 from hvdl.data.mnist import load_mnist, resolve_data_dir
 from hvdl.data.tool import main as tool
-from procs import ROOT, check_job
+from procs import ROOT, check_job, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +156,21 @@ def test_mnist_in_five_formats_trains_to_bit_identical_weights(tmp_path):
     for fmt, found in weights.items():
         for name, tensor in weights["idx"].items():
             assert torch.equal(found[name], tensor), (fmt, name)
+
+
+def test_bad_data_in_rank_1s_shard_is_reported_once_by_rank_0(tmp_path):
+    """Test that a NaN only rank 1 reads ends both ranks with one line from rank 0, status 2
+    under mpirun, and no run folder."""
+    x = np.ones((100, 3), dtype=np.float32)
+    order = chunks.permute(chunks.cut([100], chunks.chunk_rows(3, 4, 100)), seed=42)
+    mine = chunks.deal(order, 1, 2)
+    x[mine[0].start, 2] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    proc = run_job(2, ["-m", "hvdl.train", "--model", "rbm_mnist", "--layers", "0,4",
+                       "--batch_size", "10", "--data.path", str(tmp_path / "x.npy"),
+                       "--results_dir", str(tmp_path / "runs")], "mpirun", timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    assert text.count("hvdl: error:") == 1, text[-3000:]
+    assert f"x.npy row {mine[0].start} column 'f2'" in text
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

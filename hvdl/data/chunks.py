@@ -3,9 +3,11 @@
 A dataset is a list of files, each a run of rows (examples), in sorted file order.
 
 1. **Chunks.** Every file is cut into blocks of `chunk_rows` rows (the last block of a file may be
-   shorter), `chunk_rows` being `data.chunk_mb` of float32 features. The block size depends on the
-   feature count alone, so the same data stored in any format is cut the same way and gives the
-   same shards, the same batches and the same trained weights. Reading follows each format's own
+   shorter), `chunk_rows` being `data.chunk_mb` of float32 features, or less where that would
+   give fewer than 256 chunks (so a small table's held-out rows and shards are spread over all of
+   it). The block size depends on the feature and row counts alone, so the same data stored in
+   any format is cut the same way and gives the same shards, the same batches and the same
+   trained weights. Reading follows each format's own
    units (memory-mapped row ranges for NPY and raw IDX, row groups for Parquet, h5py slices for
    HDF5, byte ranges aligned to line starts for CSV, one file per image).
 2. **One permutation** of all chunks, drawn from the run's seed, mixes the files and their parts.
@@ -34,6 +36,8 @@ from typing import Sequence
 import numpy as np
 
 FEATURE_BYTES = 4  # float32: what a chunk's size is measured in, whatever the stored type
+MIN_CHUNKS = 256  # a small dataset is still cut this fine, so that what is held out and what
+                  # each rank holds are spread over the whole file, not a few runs of it
 
 
 @dataclass(frozen=True)
@@ -49,9 +53,23 @@ class Piece:
         return self.stop - self.start
 
 
-def chunk_rows(features: int, chunk_mb: float) -> int:
-    """Rows per chunk: `chunk_mb` MB of float32 features, at least one row."""
+def block_rows(features: int, chunk_mb: float) -> int:
+    """Rows in `chunk_mb` MB of float32 features, at least one."""
     return max(1, int(chunk_mb * 2**20) // (FEATURE_BYTES * max(1, features)))
+
+
+def chunk_rows(features: int, chunk_mb: float, rows: int) -> int:
+    """Rows per chunk: `block_rows`, fewer when that would make less than MIN_CHUNKS chunks of
+    the `rows` rows, at least one."""
+    return max(1, min(block_rows(features, chunk_mb), -(-rows // MIN_CHUNKS)))
+
+
+def in_file_order(pieces: Sequence[Piece]) -> list[tuple[int, Piece]]:
+    """(offset in the sequence, piece) of each piece, in the order the files hold them: reading
+    so lets a reader reuse what it read for the piece before (a CSV split, a row group)."""
+    offsets = np.concatenate([[0], np.cumsum([p.rows for p in pieces])])[:-1]
+    found = sorted(zip(offsets.tolist(), pieces), key=lambda op: (op[1].file, op[1].start))
+    return [(int(o), p) for o, p in found]
 
 
 def window_rows(features: int, buffer_mb: float) -> int:

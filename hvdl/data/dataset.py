@@ -59,6 +59,12 @@ class Data:
     classes: tuple[Any, ...] | None  # the label vocabulary, None when unlabelled
     info: dict[str, Any]
 
+    @property
+    def picture(self) -> tuple[int, int] | None:
+        """(height, width) to draw a first-layer filter in; None when examples are not images."""
+        found = self.info.get("picture")
+        return tuple(found) if found else None
+
 
 class Sharing:
     """How the ranks share the work: collectives, or (elastic training) each rank alone."""
@@ -159,13 +165,13 @@ class Plan:
 
 
 def plan(config: Config, train: Source, test: Source | None) -> Plan:
-    rows_per_chunk = chunks.chunk_rows(train.features, config.data.chunk_mb)
     file_rows = train.file_rows
     if config.train_size:
         if config.train_size > train.rows:
             raise ConfigError(f"config key 'train_size' is {config.train_size}, the training "
                               f"set has {train.rows}; allowed: 0 (all) to {train.rows}")
         file_rows = chunks.limit(file_rows, config.train_size)
+    rows_per_chunk = chunks.chunk_rows(train.features, config.data.chunk_mb, sum(file_rows))
     order = chunks.permute(chunks.cut(file_rows, rows_per_chunk), config.seed)
     if test is None and config.data.test_fraction:
         kept, held = chunks.hold_out(order, config.data.test_fraction)
@@ -215,10 +221,12 @@ def served_shape(shape: tuple[int, ...], images: bool) -> tuple[int, ...]:
 
 def survey(source: Source, pieces: list[Piece], shape: tuple[int, ...], *, moments: bool,
            into: torch.Tensor | None = None) -> tuple[Survey, list[np.ndarray | None]]:
-    """Check and count the pieces; copy them into `into` (rows, features) when given."""
-    found, labels, offset = Survey(), [], 0
-    names: list[str] = []
-    for piece in pieces:
+    """Check and count the pieces; copy them into `into` (rows, features) when given.
+
+    The pieces are read in file order and their findings merged in the pieces' own order, so the
+    figures do not depend on how a format groups its rows."""
+    parts, names = {}, []
+    for offset, piece in chunks.in_file_order(pieces):
         raw, y = source.read(piece)
         x = raw.astype(np.float32, copy=False)
 
@@ -226,12 +234,13 @@ def survey(source: Source, pieces: list[Piece], shape: tuple[int, ...], *, momen
             names[:] = names or source.feature_names()
             return f"{source.position(piece, row)} column {names[col]!r}"
 
-        found.add(x, y, shape=shape, moments=moments, where=where)
-        labels.append(y)
+        part = Survey()
+        part.add(x, y, shape=shape, moments=moments, where=where)
+        parts[offset] = (part, y)
         if into is not None:
             into[offset:offset + len(x)] = torch.from_numpy(x).to(into.device)
-        offset += len(x)
-    return found, labels
+    found = merge([parts[o][0] for o in sorted(parts)])
+    return found, [parts[o][1] for o in sorted(parts)]
 
 
 def class_index(classes: Classes, source: Source, pieces: list[Piece],
@@ -433,6 +442,7 @@ def record(config: Config, source: Source, p: Plan, *, shape: tuple[int, ...],
         "fingerprint": fingerprint(listing) if listing[0].exists() else None,
         "rows": {"train": chunks.total(p.train), "test": chunks.total(p.test)},
         "features": source.features, "shape": list(shape), "stored_shape": list(layout),
+        "picture": picture(source, layout),
         "columns": source.columns()[:1000],
         "label": source.label_name, "classes": list(classes.names) if classes else None,
         "class_counts": {"train": counts(found), "test": counts(test_found)},
@@ -443,6 +453,15 @@ def record(config: Config, source: Source, p: Plan, *, shape: tuple[int, ...],
         "shards": [{"rank": r, "rows": sum(b - a for _, a, b in mine), "pieces": mine}
                    for r, mine in enumerate(pieces)],
     }
+
+
+def picture(source: Source, layout: tuple[int, ...]) -> list[int] | None:
+    """One gray example's (height, width): an (H, W) or (1, H, W) layout, or a patch."""
+    if isinstance(source, PatchSource):
+        return [source.size, source.size]
+    if len(layout) == 3 and layout[0] == 1:
+        layout = layout[1:]
+    return list(layout) if len(layout) == 2 else None
 
 
 def test_text(config: Config, p: Plan) -> str | None:

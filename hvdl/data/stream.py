@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hvdl.data.chunks import Order, Piece, Window
+from hvdl.data.chunks import Order, Piece, Window, in_file_order
 from hvdl.data.shard import SCAN_ROWS, Batch, Map, Shard
 
 Decode = Callable[[Piece], tuple[np.ndarray, np.ndarray | None]]  # rows as float32, classes
@@ -121,15 +121,13 @@ class StreamShard(Shard):
         x = torch.empty((rows, self.features), dtype=torch.float32,
                         pin_memory=self.device.type == "cuda")
         xs, y = x.numpy(), (np.empty(rows, dtype=np.int64) if self.labels else None)
-        offset = 0
-        for i in window.pieces:
+        for offset, piece in in_file_order([self.pieces[i] for i in window.pieces]):
             with self.lock:
-                px, py = self.decode(self.pieces[i])
+                px, py = self.decode(piece)
             dest = place[offset:offset + len(px)]
             xs[dest] = px
             if y is not None:
                 y[dest] = py
-            offset += len(px)
         return x, (None if y is None else torch.from_numpy(y))
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor | None) -> Batch:

@@ -69,7 +69,9 @@ def open_alone(args: argparse.Namespace) -> Source:
 
 
 def file_chunks(source: Source, chunk_mb: float) -> list[chunks.Piece]:
-    return chunks.cut(source.file_rows, chunks.chunk_rows(source.features, chunk_mb))
+    """The chunks training would cut the source into, in file order."""
+    return chunks.cut(source.file_rows,
+                      chunks.chunk_rows(source.features, chunk_mb, source.rows))
 
 
 # --- inspect --------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def inspect_lines(source: Source, args: argparse.Namespace) -> list[str]:
 
 
 def sharing_lines(source: Source, pieces: list[chunks.Piece], args: argparse.Namespace) -> list:
-    rows = chunks.chunk_rows(source.features, args.chunk_mb)
+    rows = chunks.chunk_rows(source.features, args.chunk_mb, source.rows)
     order = chunks.permute(pieces, args.seed)
     train, test = (chunks.hold_out(order, args.test_fraction) if args.test_fraction
                    else (order, []))
@@ -154,8 +156,8 @@ def label_dtype(source: Source, pieces: list[chunks.Piece]) -> np.dtype | None:
 
 
 def convert(source: Source, args: argparse.Namespace) -> list[Path]:
-    fmt = target_format(args)
-    pieces = file_chunks(source, args.chunk_mb)
+    fmt = target_format(args)  # written in blocks of chunk_mb (a Parquet row group each)
+    pieces = chunks.cut(source.file_rows, chunks.block_rows(source.features, args.chunk_mb))
     layout = Layout(rows=source.rows, shape=tuple(source.shape), dtype=np.dtype(source.dtype),
                     names=source.feature_names(), label_dtype=label_dtype(source, pieces))
     targets = [args.dst] + ([label_path(args.dst)] if layout.label_dtype is not None

@@ -148,16 +148,6 @@ def train_sparse(model: ae.SparseAutoencoder, shard: DeviceShard, config: Config
     return report
 
 
-def picture_shape(data: dataset.Data, config: Config) -> tuple[int, int] | None:
-    """The (height, width) a first-layer filter is drawn in, None when examples are not images."""
-    if data.info["format"] == "patches":
-        return config.patches.size, config.patches.size
-    shape = tuple(data.info["stored_shape"])
-    if len(shape) == 3 and shape[0] == 1:
-        shape = shape[1:]
-    return tuple(shape) if len(shape) == 2 else None
-
-
 def sparse_data(config: Config, ctx: Context, run: RunLog,
                 labels: bool = False) -> tuple[dataset.Data, Config]:
     """The data, held in memory (J is taken over the whole shard), and the config with its
@@ -174,7 +164,7 @@ def train_sae(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
     data, config = sparse_data(config, ctx, run)
     model = ae.SparseAutoencoder(n_visible=config.layers[0], n_hidden=config.layers[1],
                                  seed=config.seed, dtype=dtype(config)).to(ctx.device)
-    report = train_sparse(model, data.train, config, ctx, run, "sae", picture_shape(data, config))
+    report = train_sparse(model, data.train, config, ctx, run, "sae", data.picture)
     report["mean_predictor_reconstruction"] = ae.mean_predictor_error(
         data.train.tensors()[0], make_reduce(ctx, "sae.mean"))
     run.print(f"sae: reconstruction {report['reconstruction']:.4f}, always predicting the mean "
@@ -255,7 +245,7 @@ def train_stacked(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
     check_stacked(config)
     started = time.perf_counter()
     data, config = sparse_data(config, ctx, run, labels=True)
-    train, test, shape = data.train, data.test, picture_shape(data, config)
+    train, test, shape = data.train, data.test, data.picture
     encoders, features, layers = pretrain(train, config, ctx, run, shape)
     softmax = ae.softmax_layer(features.shape[0], config.layers[-1], seed=config.seed,
                                dtype=dtype(config)).to(ctx.device)
@@ -267,7 +257,7 @@ def train_stacked(config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
     def evaluate(tag: str) -> dict[str, Any]:
         if test is None:
             return {}
-        return metrics.evaluate_classifier(net, test.scan(), config.layers[-1], name=tag)
+        return metrics.evaluate_classifier(net, test.scan(), data.classes, name=tag)
 
     before = evaluate("test.before")
     if before:

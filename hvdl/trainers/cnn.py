@@ -30,7 +30,8 @@ def build_classifier(config: Config, ctx: Context, data: dict[str, Any]) -> torc
     return LeNet5(classes=len(data["classes"]), shape=tuple(data["shape"])).to(ctx.device)
 
 
-def evaluate(model: torch.nn.Module, test: Shard | None, classes: int) -> dict[str, Any] | None:
+def evaluate(model: torch.nn.Module, test: Shard | None,
+             classes: tuple[Any, ...]) -> dict[str, Any] | None:
     if test is None:
         return None
     return metrics.evaluate_classifier(model, test.scan(), classes)
@@ -41,7 +42,7 @@ def train(config: Config, ctx: Context, run: RunLog,
     """Train LeNet-5 for `config.epochs`, evaluating on the test split after each epoch."""
     data = dataset.load(config, ctx, run, labels=True, images=True)
     model = build_classifier(config, ctx, data.info)
-    classes = len(data.classes)
+    classes = data.classes
     loss = partial(F.cross_entropy, label_smoothing=config.label_smoothing)
     stage = engine.Stage(
         name="train", model=model, loss=loss, epochs=config.epochs, lr=config.lr,

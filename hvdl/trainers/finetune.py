@@ -27,11 +27,11 @@ from hvdl.runlog import RunLog
 CHUNK = 1000  # examples per forward pass when fitting PCA
 
 
-def finetune_classifier(rbms: list[RBM], train_shard: Shard, test_shard: Shard,
+def finetune_classifier(rbms: list[RBM], train_shard: Shard, test_shard: Shard | None,
                         config: Config, ctx: Context, run: RunLog,
-                        state: dict[str, Any] | None) -> dict[str, Any]:
+                        state: dict[str, Any] | None, names: Any = None) -> dict[str, Any]:
     """Softmax on top of the pretrained stack, trained alone for `rbm.top_epochs` if asked, then
-    the whole net fine-tuned by backprop."""
+    the whole net fine-tuned by backprop; `names` are the classes' (the data's labels)."""
     classes = config.layers[-1]
     generator = torch.Generator().manual_seed(config.seed + 1)
     model = rbm_models.classifier(rbms, classes, generator=generator).to(ctx.device)
@@ -41,7 +41,7 @@ def finetune_classifier(rbms: list[RBM], train_shard: Shard, test_shard: Shard,
             name=name, model=model, loss=F.cross_entropy, epochs=epochs,
             lr=config.rbm.finetune_lr,
             evaluate=None if test_shard is None else
-            lambda: metrics.evaluate_classifier(model, test_shard.scan(), classes,
+            lambda: metrics.evaluate_classifier(model, test_shard.scan(), names or classes,
                                                 name=f"{name}.eval"))
 
     if config.rbm.top_epochs and state is None:  # a resumed `finetune` has done this stage
@@ -67,8 +67,9 @@ def classification_report(test: dict[str, Any]) -> list[str]:
         return []
     lines = [f"test error {100 * test['error']:.2f}% ({test['count']} images), "
              f"macro F1 {test['macro_f1']:.4f}", "class precision recall     f1"]
-    for c, (p, r, f) in enumerate(zip(test["precision"], test["recall"], test["f1"])):
-        lines.append(f"{c:5d} {p:9.4f} {r:6.4f} {f:6.4f}")
+    for c, p, r, f in zip(test.get("classes", range(len(test["f1"]))), test["precision"],
+                          test["recall"], test["f1"]):
+        lines.append(f"{str(c):>5} {p:9.4f} {r:6.4f} {f:6.4f}")
     lines.append("confusion matrix (rows: true class, columns: predicted):")
     lines += [" ".join(f"{v:5d}" for v in row) for row in test["confusion"]]
     return lines

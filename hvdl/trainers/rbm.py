@@ -63,7 +63,8 @@ def train(config: Config, ctx: Context, run: RunLog,
     # A resumed fine-tuning checkpoint holds the whole model: pretraining is not repeated.
     if state is None or state.get("stage") != "finetune":
         if loaded is None:
-            result["pretrain"] = pretrain(rbms, train_shard, test_shard, config, ctx, run)
+            result["pretrain"] = pretrain(rbms, train_shard, test_shard, config, ctx, run,
+                                          data.picture)
         else:
             run.print(f"pretraining: {len(rbms)} RBMs loaded from {config.rbm.pretrained}")
             for i, rbm in enumerate(rbms, start=1):  # this run's folder keeps every stage it used
@@ -71,7 +72,8 @@ def train(config: Config, ctx: Context, run: RunLog,
             result["pretrain"] = loaded
         state = None
     if config.family == "dbn":
-        result.update(finetune_classifier(rbms, tuning, test_shard, config, ctx, run, state))
+        result.update(finetune_classifier(rbms, tuning, test_shard, config, ctx, run, state,
+                                          data.classes))
     elif config.family == "deep_ae":
         result.update(finetune_autoencoder(rbms, tuning, test_shard, config, ctx, run, state))
     return result
@@ -122,14 +124,16 @@ def load_stack(rbms: list[RBM], config: Config) -> list[dict[str, Any]]:
 # --- greedy pretraining ----------------------------------------------------------------------
 
 def pretrain(rbms: list[RBM], shard: Shard, held_out: Shard | None, config: Config,
-             ctx: Context, run: RunLog) -> list[dict[str, Any]]:
-    """Train each RBM on the hidden probabilities of the one below; returns each last epoch."""
+             ctx: Context, run: RunLog, picture: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """Train each RBM on the hidden probabilities of the one below; returns each last epoch.
+    `picture` is the (height, width) the filters are drawn in, None for data that are not
+    images."""
     finals = []
     for i, rbm in enumerate(rbms, start=1):
         name = f"pretrain{i}"
         run.print(f"{name}: RBM {rbm.n_vis}-{rbm.n_hid} ({rbm.visible} visible, {rbm.hidden} "
                   f"hidden), CD-{config.rbm.cd_k}{' persistent' if config.rbm.persistent else ''}")
-        finals.append(train_rbm(rbms[:i], shard, held_out, name, config, ctx, run))
+        finals.append(train_rbm(rbms[:i], shard, held_out, name, config, ctx, run, picture))
         checkpoint.save_stage(run, name, rbm, config)
         if i < len(rbms):  # the next RBM's data: this one's hidden probabilities E[h | v]
             shard = shard.mapped(rbm.hidden_mean)
@@ -146,7 +150,8 @@ def rbm_optimizer(rbm: RBM, lr: float, config: Config) -> torch.optim.Optimizer:
 
 
 def train_rbm(stack: list[RBM], shard: Shard, held_out: Shard | None, name: str,
-              config: Config, ctx: Context, run: RunLog) -> dict[str, Any]:
+              config: Config, ctx: Context, run: RunLog,
+              picture: tuple[int, int] | None) -> dict[str, Any]:
     """CD-k epochs for the top RBM of `stack` (the ones below only draw its filters)."""
     rbm = stack[-1]
     lr = config.rbm.code_lr if rbm.hidden == "linear" else config.rbm.pretrain_lr
@@ -161,7 +166,8 @@ def train_rbm(stack: list[RBM], shard: Shard, held_out: Shard | None, name: str,
         config.seed + 1000 * ctx.rank + len(stack))  # each rank its own sampling noise
 
     def show(step: int) -> None:
-        run.image(f"{name}/filters", filter_picture(stack), step)
+        if picture is not None:  # filters are drawn for image data only
+            run.image(f"{name}/filters", filter_picture(stack, picture), step)
 
     history: list[dict[str, Any]] = []
     step, chain = 0, None
@@ -170,14 +176,16 @@ def train_rbm(stack: list[RBM], shard: Shard, held_out: Shard | None, name: str,
                     else config.rbm.final_momentum)
         for group in optimizer.param_groups:
             group["momentum"] = momentum
-        started = time.perf_counter()
+        started, first = time.perf_counter(), step
         recon, step, chain = cd_epoch(rbm, optimizer, shard, schedule, generator, chain,
                                       epoch=epoch, step=step, name=name, config=config,
                                       run=run, show=show)
         sync.settle(optimizer)  # one RBM on every rank before monitoring
-        history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - started,
-                        "momentum": momentum, "train_recon": recon,
-                        **monitor(rbm, shard, held_out, name)})
+        trained = time.perf_counter() - started  # the CD updates alone, without the monitors
+        history.append({"epoch": epoch + 1, "momentum": momentum, "train_recon": recon,
+                        "samples_per_s": (step - first) * shard.batch_size * ctx.size / trained,
+                        **monitor(rbm, shard, held_out, name),
+                        "seconds": time.perf_counter() - started})
         log_epoch(name, history, step, run)
         if config.max_steps and step >= config.max_steps:
             break
@@ -256,11 +264,12 @@ def monitor(rbm: RBM, shard: Shard, held_out: Shard | None, name: str) -> dict[s
 
 
 @torch.no_grad()
-def filter_picture(stack: list[RBM]) -> Any:
-    """The top RBM's filters in input space (W₁ W₂ … W_l, a linear projection) as a grid."""
+def filter_picture(stack: list[RBM], picture: tuple[int, int]) -> Any:
+    """The top RBM's filters in input space (W₁ W₂ … W_l, a linear projection) as a grid of
+    `picture`-shaped tiles."""
     weights = stack[0].W
     for rbm in stack[1:]:
         weights = weights @ rbm.W  # (n_vis, n_hid of this layer)
     filters = weights.T[:MAX_FILTERS].cpu().numpy()  # (n_filters, n_vis)
-    side = viz.filter_grid(filters).shape[1]
-    return viz.filter_grid(filters, scale=viz.display_scale(side))  # small patches enlarged
+    side = viz.filter_grid(filters, picture).shape[1]
+    return viz.filter_grid(filters, picture, scale=viz.display_scale(side))  # small ones larger
