@@ -1,0 +1,190 @@
+"""Opening a dataset's splits and planning who reads what: the steps before any row is read.
+
+`open_splits` opens the training and test sources the config names (a gzip file decompressed
+once per node, `node_copies`); `count_records` has the ranks count a CSV's records between them;
+`plan` cuts, permutes and holds out the chunks (hvdl/data/chunks.py). `Sharing` is how the ranks
+share this work: by collectives, or, under elastic training, where no collective may run outside
+Horovod's elastic loop, each rank on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from hvdl import dist
+from hvdl.config import Config, ConfigError
+from hvdl.data import chunks, mnist
+from hvdl.data.chunks import Piece
+from hvdl.data.patches import PatchSource
+from hvdl.data.source import (DataError, Source, Spec, decompress, decompressed, open_source)
+from hvdl.dist import Context
+from hvdl.errors import BadInput
+
+
+class Sharing:
+    """How the ranks share the work: collectives, or (elastic training) each rank alone."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.collective = ctx.size > 1 and ctx.controller != "elastic"
+
+    def gather(self, obj: Any, name: str) -> list[Any]:
+        return dist.allgather_object(obj, name=name) if self.collective else [obj]
+
+    def agree(self, fn: Callable[[], Any], name: str) -> Any:
+        """fn()'s result; a bad input on any rank is raised on every rank, the first rank's."""
+        result, problem = None, None
+        try:
+            result = fn()
+        except BadInput as err:
+            problem = str(err)
+        found = [p for p in self.gather(problem, name) if p]
+        if found:
+            raise DataError(found[0])
+        return result
+
+    def reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return dist.allreduce_sum(tensor, name="data.sum") if self.collective else tensor
+
+    def all(self, flag: bool, name: str) -> bool:
+        return dist.all_ranks(flag, name=name) if self.collective else flag
+
+
+def data_format(config: Config) -> str:
+    """data.format, or mnist when neither a format nor a path is given (inferred otherwise)."""
+    return config.data.format or ("" if config.data.path else "mnist")
+
+
+def open_splits(config: Config, local: Callable[[Path], Path]) -> tuple[Source, Source | None]:
+    """(training source, test source or None) as the config describes them."""
+    spec, fmt = config.data, data_format(config)
+    if fmt == "mnist":
+        folder = mnist.resolve_data_dir(spec.path or config.data_dir)
+        return mnist.open_split(folder, "train", local), mnist.open_split(folder, "test", local)
+    if fmt == "patches":
+        p = config.patches
+        return PatchSource(p.source, count=p.count, size=p.size, seed=config.seed,
+                           zca_epsilon=p.zca_epsilon if p.zca else None), None
+    files = Spec(format=fmt, path=spec.path, label=spec.label, features=spec.features)
+    train = open_source(files, local=local, split_mb=spec.chunk_mb)
+    test = None
+    if spec.test_path:
+        test = open_source(dataclasses.replace(files, path=spec.test_path,
+                                               label=spec.test_label or spec.label,
+                                               format=fmt or train.format),
+                           local=local, split_mb=spec.chunk_mb)
+        if test.features != train.features:
+            raise DataError(f"data.test_path {spec.test_path} has {test.features} features per "
+                            f"row, the training data {train.features}; allowed: the same layout")
+    return train, test
+
+
+def node_copies(ctx: Context, sharing: Sharing, folder: Path,
+                made: list[tuple[str, bool]]) -> Callable[[Path], Path]:
+    """A gzip file's decompressed copy, made once per node by its local rank 0."""
+    def local(path: Path) -> Path:
+        order = dist.local_root_first(ctx) if sharing.collective else contextlib.nullcontext()
+        with order:
+            existed = decompressed(path, folder).is_file()
+            out = decompress(path, folder)
+        made.append((path.name, not existed))
+        return out
+    return local
+
+
+def count_records(source: Source, sharing: Sharing) -> None:
+    """A CSV's records per split, each split counted by one rank; a no-op for other formats."""
+    if not hasattr(source, "splits"):
+        return
+    ctx = sharing.ctx
+    mine = range(ctx.rank, len(source.splits), ctx.size) if sharing.collective \
+        else range(len(source.splits))
+    counted = sharing.agree(lambda: {i: source.count(i) for i in mine}, "data.count")
+    found: dict[int, tuple[int, int]] = {}
+    for part in sharing.gather(counted, "data.counts"):
+        found.update(part)
+    source.set_counts([found[i] for i in range(len(source.splits))])
+
+
+# --- the plan: chunks, held-out rows, this rank's pieces --------------------------------------
+
+@dataclass
+class Plan:
+    chunk_rows: int
+    chunks: int
+    train: list[Piece]  # every rank's training pieces, in the permuted order
+    test: list[Piece]
+    test_source: Source | None
+
+
+def plan(config: Config, train: Source, test: Source | None) -> Plan:
+    file_rows = train.file_rows
+    if config.train_size:
+        if config.train_size > train.rows:
+            raise ConfigError(f"config key 'train_size' is {config.train_size}, the training "
+                              f"set has {train.rows}; allowed: 0 (all) to {train.rows}")
+        file_rows = chunks.limit(file_rows, config.train_size)
+    rows_per_chunk = chunks.chunk_rows(train.features, config.data.chunk_mb, sum(file_rows))
+    order = chunks.permute(chunks.cut(file_rows, rows_per_chunk), config.seed)
+    if test is None and config.data.test_fraction:
+        kept, held = chunks.hold_out(order, config.data.test_fraction)
+        if not held:
+            raise DataError(f"config key 'data.test_fraction' is {config.data.test_fraction}: "
+                            f"not one of {chunks.total(order)} rows held out; allowed: a larger "
+                            "fraction")
+        return Plan(rows_per_chunk, len(order), kept, held, train)
+    held = chunks.cut(test.file_rows, rows_per_chunk) if test is not None else []
+    return Plan(rows_per_chunk, len(order), order, held, test)
+
+
+def check_sizes(n: int, ctx: Context, batch_size: int) -> None:
+    if n < ctx.size:
+        raise ConfigError(f"{n} examples cannot be shared by {ctx.size} ranks; allowed: at most "
+                          f"{n} ranks")
+    if chunks.steps_per_epoch(n, ctx.size, batch_size) == 0:
+        raise ConfigError(f"config key 'batch_size' is {batch_size}, larger than a shard of "
+                          f"{n // ctx.size} examples ({n} over {ctx.size} ranks); allowed: 1 to "
+                          f"{n // ctx.size}")
+
+
+def stored_shape(config: Config, source: Source) -> tuple[int, ...]:
+    """One example's shape: data.shape, else the stored one (it decides the scale's groups)."""
+    shape = config.data.shape or source.shape
+    if int(np.prod(shape)) != source.features:
+        raise ConfigError(f"config key 'data.shape' is {list(shape)}, {int(np.prod(shape))} "
+                          f"values, but the examples have {source.features} features; allowed: "
+                          f"a shape of {source.features} values")
+    return shape
+
+
+def served_shape(shape: tuple[int, ...], images: bool) -> tuple[int, ...]:
+    """One example as batches give it: (C, H, W) for image models, else flat."""
+    if not images:
+        return (int(np.prod(shape)),)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) != 3:
+        raise ConfigError(f"family 'cnn' needs images and the examples are {list(shape)}; "
+                          f"allowed: data.shape [channels, height, width] of "
+                          f"{int(np.prod(shape))} values, e.g. [1, 28, 28]")
+    return shape
+
+
+def announce_copies(ctx: Context, made: list[tuple[str, bool]], cache: Path) -> None:
+    """Each host's local rank 0 says how it prepared the gzip files for its host's ranks."""
+    if not made or ctx.local_rank != 0:
+        return
+    fresh = sum(new for _, new in made)
+    how = (f"decompressed {fresh} of them" if fresh else "found them decompressed already")
+    print(f"hvdl: data: {socket.gethostname()}: local rank 0 prepared {len(made)} gzip file(s) "
+          f"({made[0][0]}{', ...' if len(made) > 1 else ''}) for this host's {ctx.local_size} "
+          f"rank(s): {how} in {cache} (convert them once with `hvdl data convert` to skip this)",
+          flush=True)
