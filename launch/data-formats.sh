@@ -7,11 +7,7 @@
 # (default: /tmp/hvdl-formats); run folders to results/runs/data-formats-<time>/.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HVDL_VENV:-$root/.venv}
-if [[ -z ${VIRTUAL_ENV:-} && -f $venv/bin/activate ]]; then
-    source "$venv/bin/activate"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
 cd "$root"
 scratch=${HVDL_SCRATCH:-/tmp/hvdl-formats}
 out=results/runs/data-formats-$(date -u +%Y%m%d-%H%M%S)

@@ -8,11 +8,7 @@
 # results/runs/data-scale-<time>/.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HVDL_VENV:-$root/.venv}
-if [[ -z ${VIRTUAL_ENV:-} && -f $venv/bin/activate ]]; then
-    source "$venv/bin/activate"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
 cd "$root"
 export HVDL_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
 scratch=${HVDL_SCRATCH:-/tmp/hvdl-big}

@@ -14,11 +14,7 @@
 #   HVDL_CONTROLLER  mpi or gloo                             (default: horovodrun's choice, MPI)
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HVDL_VENV:-$root/.venv}
-if [[ -z ${VIRTUAL_ENV:-} && -f $venv/bin/activate ]]; then
-    source "$venv/bin/activate"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
 np=${HVDL_NP:-2}
 flags=(-np "$np" -H "${HVDL_HOSTS:-localhost:$np}")
 [[ -n ${HVDL_CONTROLLER:-} ]] && flags+=("--$HVDL_CONTROLLER")

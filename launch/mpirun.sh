@@ -13,11 +13,7 @@
 #   HVDL_HOSTS  mpirun -H list, host:slots,...          (default: this machine)
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HVDL_VENV:-$root/.venv}
-if [[ -z ${VIRTUAL_ENV:-} && -f $venv/bin/activate ]]; then
-    source "$venv/bin/activate"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
 flags=(-np "${HVDL_NP:-2}" --bind-to none --map-by slot -x PATH)
 [[ -n ${HVDL_HOSTS:-} ]] && flags+=(-H "$HVDL_HOSTS")
 [[ $(id -u) == 0 ]] && flags+=(--allow-run-as-root)

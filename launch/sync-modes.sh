@@ -5,11 +5,7 @@
 # Extra arguments go to every run (e.g. --epochs 1). Run folders: results/runs/sync-modes-<time>/.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HVDL_VENV:-$root/.venv}
-if [[ -z ${VIRTUAL_ENV:-} && -f $venv/bin/activate ]]; then
-    source "$venv/bin/activate"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
 cd "$root"
 out=results/runs/sync-modes-$(date -u +%Y%m%d-%H%M%S)
 modes=("--perf.sync allreduce" "--perf.sync average --perf.sync_every 1"

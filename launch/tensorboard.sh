@@ -14,10 +14,6 @@
 #   HVDL_TB_PORT  port                    (default: 6006)
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HVDL_VENV:-$root/.venv}
-if [[ -z ${VIRTUAL_ENV:-} && -f $venv/bin/activate ]]; then
-    source "$venv/bin/activate"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
 exec tensorboard --logdir "${HVDL_LOGDIR:-results/runs}" --host "${HVDL_TB_HOST:-127.0.0.1}" \
     --port "${HVDL_TB_PORT:-6006}" "$@"

@@ -7,9 +7,5 @@
 # a virtual environment is already active.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv=${HVDL_VENV:-$root/.venv}
-if [[ -z ${VIRTUAL_ENV:-} && -f $venv/bin/activate ]]; then
-    source "$venv/bin/activate"
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/activate.sh"
 exec python -m hvdl.train "$@"
