@@ -20,7 +20,7 @@ for fmt in csv parquet npy hdf5; do
         name=$([[ $split == train ]] && echo train || echo test)
         dst=$scratch/$name.${suffix[$fmt]}
         started=$EPOCHREALTIME
-        hvdl data convert "$mnist/$split-images-idx3-ubyte.gz" "$dst" --overwrite \
+        python -m hvdl.data convert "$mnist/$split-images-idx3-ubyte.gz" "$dst" --overwrite \
             --label "$mnist/$split-labels-idx1-ubyte.gz" >&2
         took=$(python -c "print(f'{$EPOCHREALTIME - $started:.1f}')")
         conversions+=("| $fmt | $name | $(du -h "$dst" | cut -f1) | $took |")
