@@ -10,7 +10,10 @@ import sys
 
 import pytest
 
-from hvdl import bench, bench_launch, bench_report, bench_worker
+from hvdl.bench import launch as bench_launch
+from hvdl.bench import report as bench_report
+from hvdl.bench import suite as bench
+from hvdl.bench import worker as bench_worker
 from procs import ROOT, check_job, job_env
 
 REPORT_KEYS = {"impl", "model", "ranks", "step_ms", "compute_ms", "allreduce_ms", "main_cpu_ms",
@@ -73,7 +76,7 @@ def test_launch_commands_use_python_horovodrun_and_torchrun():
     """Test that one rank runs as a plain process, N ranks under horovodrun or torchrun."""
     worker = ["--report", "r.json"]
     assert bench_launch.command("hvdl", 1, worker, "mpi")[:3] == [sys.executable, "-m",
-                                                           "hvdl.bench_worker"]
+                                                           "hvdl.bench.worker"]
     assert "horovodrun" in bench_launch.command("hvdl-hooks", 2, worker, "gloo")[0]
     assert "--bind-to none" in " ".join(bench_launch.command("hvdl", 2, worker, "mpi"))
     assert "--bind-to core" in " ".join(bench_launch.command("hvdl-bindcore", 2, worker, "mpi"))
@@ -87,7 +90,7 @@ def test_launch_commands_use_python_horovodrun_and_torchrun():
 def test_hvdl_worker_runs_the_packages_own_loop(tmp_path, model):
     """Test that the hvdl worker trains through hvdl on 2 ranks and reports its allreduce time."""
     out = tmp_path / "report.json"
-    check_job(2, ["-m", "hvdl.bench_worker", "--impl", "hvdl", "--model", model, "--steps", "4",
+    check_job(2, ["-m", "hvdl.bench.worker", "--impl", "hvdl", "--model", model, "--steps", "4",
                   "--warmup", "1", "--report", str(out), "--horovod-timeline",
                   str(tmp_path / "timeline.json")], "mpi")
     report = json.loads(out.read_text())

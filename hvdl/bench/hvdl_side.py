@@ -1,9 +1,8 @@
 """The benchmark's hvdl side: the package's own models, optimizer wrapper and training loops.
 
-Called by hvdl/bench_worker.py for `--impl hvdl`, under horovodrun (N ranks) or as one plain
-process (the framework's overhead over bench_plain.py's loop). LeNet-5, the sparse autoencoder
-and the DBN's fine-tuning net run through `engine.train_epoch` with the optimizer `sync.wrap`
-returns; the RBM runs the pretraining loop `trainers.rbm.cd_epoch`.
+Called by hvdl/bench/worker.py for `--impl hvdl`, under horovodrun (N ranks) or as one plain
+process (the framework's overhead over hvdl/bench/plain.py's loop). Every model, the RBM's CD-k
+stage included, runs through `engine.train_epoch` with the optimizer `sync.wrap` returns.
 """
 
 from __future__ import annotations
@@ -16,14 +15,16 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from hvdl import bench_plain, dist, engine, sync
+from hvdl import dist, engine, sync
+from hvdl.bench import plain as bench_plain
 from hvdl import config as configlib
-from hvdl.bench_plain import SPECS
-from hvdl.bench_worker import job_report, peak_memory_mb, timed
+from hvdl.bench.plain import SPECS
+from hvdl.bench.measure import job_report, peak_memory_mb, timed
 from hvdl.config import Config
 from hvdl.data.shard import DeviceShard
 from hvdl.dist import Context
 from hvdl.runlog import RunLog
+from hvdl.schedule import Schedule, make_optimizer
 
 Epoch = Callable[[torch.optim.Optimizer, DeviceShard, int], None]  # (optimizer, shard, epoch)
 
@@ -55,17 +56,15 @@ def build(config: Config, ctx: Context) -> tuple[torch.nn.Module, Epoch, Callabl
 
     run = RunLog(config, is_root=False)  # silent: no folder, no TensorBoard
     lr = config.lr
-    schedule = engine.Schedule(lr, ctx.size, 10**9, 0, "constant", config.lr_scaling)
+    schedule = Schedule(lr, ctx.size, 10**9, 0, "constant", config.lr_scaling)
     gen = torch.Generator().manual_seed(config.seed)
     if config.family == "rbm":
         rbm = rbm_models.make_stack(config.layers, generator=gen)[0].to(ctx.device)
-        noise = torch.Generator(device=ctx.device).manual_seed(ctx.rank)
+        stage = rbm_trainer.rbm_stage([rbm], None, "bench", config, ctx, run, None)
 
-        def cd(optimizer: torch.optim.Optimizer, shard: DeviceShard, epoch: int) -> None:
-            rbm_trainer.cd_epoch(rbm, optimizer, shard, schedule, noise, None, epoch=epoch,
-                                 step=0, name="bench", config=config, run=run,
-                                 show=lambda step: None)
-        return rbm, cd, partial(rbm_trainer.rbm_optimizer, rbm, lr, config)
+        def make_rbm_optimizer() -> torch.optim.Optimizer:
+            return sync.wrap(stage.optimizer(), rbm, config)
+        return rbm, partial(epoch_of, stage, schedule, run, config), make_rbm_optimizer
     if config.family == "cnn":
         torch.manual_seed(config.seed)
         model, loss = LeNet5().to(ctx.device), F.cross_entropy
@@ -81,21 +80,22 @@ def build(config: Config, ctx: Context) -> tuple[torch.nn.Module, Epoch, Callabl
         loss = F.cross_entropy
     stage = engine.Stage(name="bench", model=model, loss=loss, epochs=1, lr=lr)
 
-    def epoch_fn(optimizer: torch.optim.Optimizer, shard: DeviceShard, epoch: int) -> None:
-        engine.train_epoch(stage, optimizer, shard, schedule, epoch=epoch, step=0, run=run,
-                           config=config)
+    def make_model_optimizer() -> torch.optim.Optimizer:
+        return sync.wrap(make_optimizer(model.parameters(), config, lr), model, config)
+    return model, partial(epoch_of, stage, schedule, run, config), make_model_optimizer
 
-    def make_optimizer() -> torch.optim.Optimizer:
-        return sync.wrap(engine.make_optimizer(model.parameters(), config, lr), model, config)
-    return model, epoch_fn, make_optimizer
+
+def epoch_of(stage: engine.Stage, schedule: Schedule, run: RunLog, config: Config,
+             optimizer: torch.optim.Optimizer, shard: DeviceShard, epoch: int) -> None:
+    """One epoch of the stage through hvdl's training loop."""
+    engine.train_epoch(stage, optimizer, shard, schedule, epoch=epoch, step=0, run=run,
+                       config=config)
 
 
 def hvdl_main(args: argparse.Namespace) -> dict[str, Any] | None:
     """Warm-up, unsynchronised and timed phases through hvdl; the report on rank 0."""
-    from hvdl.train import set_horovod_knobs
-
     config = bench_config(args)
-    set_horovod_knobs(config)
+    dist.set_horovod_knobs(config.perf)
     if args.horovod_timeline:
         os.environ["HOROVOD_TIMELINE"] = "DYNAMIC"
     ctx = dist.init(threads=args.threads)

@@ -3,7 +3,7 @@
 What a user would write without hvdl: the same four networks (LeNet-5, the 784-196 sparse
 autoencoder, a 784-500 RBM trained by CD-1, the 784-500-500-2000-10 DBN being fine-tuned) and
 their training steps. The single-process baseline runs them as they are; the DDP baseline wraps
-them in `DistributedDataParallel`. hvdl/bench_worker.py runs the same networks through hvdl's own
+them in `DistributedDataParallel`. hvdl/bench/worker.py runs the same networks through hvdl's own
 classes and engine. Shapes, batch sizes and optimizer settings come from `SPECS`.
 """
 

@@ -1,11 +1,11 @@
 """One benchmark measurement: a model family trained for a few hundred steps by one implementation.
 
-    python -m hvdl.bench_worker --impl plain --model lenet5 --report out.json
-    horovodrun -np 2 python -m hvdl.bench_worker --impl hvdl --model lenet5 --report out.json
-    python -m torch.distributed.run --nproc_per_node 2 -m hvdl.bench_worker --impl ddp ...
+    python -m hvdl.bench.worker --impl plain --model lenet5 --report out.json
+    horovodrun -np 2 python -m hvdl.bench.worker --impl hvdl --model lenet5 --report out.json
+    python -m torch.distributed.run --nproc_per_node 2 -m hvdl.bench.worker --impl ddp ...
 
-hvdl/bench.py launches these; each rank times its steps and rank 0 writes the job's JSON report.
-`plain` is hvdl/bench_plain.py's loop in one process, `ddp` the same networks under
+hvdl/bench/suite.py launches these; each rank times its steps, rank 0 writes the job's report.
+`plain` is hvdl/bench/plain.py's loop in one process, `ddp` the same networks under
 DistributedDataParallel (Gloo on CPU, NCCL on GPU), `hvdl` the package's own models, optimizer
 wrapper (hvdl/sync.py) and training loop (`engine.train_epoch`, the RBM's `cd_epoch`).
 
@@ -22,19 +22,18 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import sys
-import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from hvdl import bench_plain
-from hvdl.bench_plain import SPECS
+from hvdl.bench import plain as bench_plain
+from hvdl.bench.measure import job_report, peak_memory_mb, timed
+from hvdl.bench.plain import SPECS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hvdl.bench_worker")
+    parser = argparse.ArgumentParser(prog="python -m hvdl.bench.worker")
     parser.add_argument("--impl", choices=("plain", "hvdl", "ddp"), required=True)
     parser.add_argument("--model", choices=tuple(SPECS), required=True)
     parser.add_argument("--steps", type=int, default=200, help="timed steps")
@@ -46,28 +45,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="hvdl: write a Horovod timeline of the timed steps here")
     parser.add_argument("--report", required=True, help="JSON written by rank 0")
     return parser.parse_args(argv)
-
-
-def sync_device(device: torch.device) -> None:
-    """Wait for queued GPU work, so the clock measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(run: Callable[[], Any], device: torch.device) -> tuple[float, float]:
-    """(wall seconds, this thread's CPU seconds) of `run()`."""
-    sync_device(device)
-    started, cpu = time.perf_counter(), time.thread_time()
-    run()
-    sync_device(device)
-    return time.perf_counter() - started, time.thread_time() - cpu
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak device memory allocated by torch on GPU, else the process's peak resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def batches(x: torch.Tensor, y: torch.Tensor | None, batch: int, steps: int, seed: int):
@@ -149,29 +126,10 @@ def torch_main(args: argparse.Namespace) -> dict[str, Any] | None:
 
 # --- hvdl ------------------------------------------------------------------------------------
 
-def job_report(args: argparse.Namespace, ranks: list[dict[str, Any]],
-               device: torch.device, **extra: Any) -> dict[str, Any]:
-    """The job's figures: the slowest rank's step time sets the pace of a synchronous job."""
-    batch, size = SPECS[args.model].batch, len(ranks)
-    step = max(r["step_s"] for r in ranks)
-    computes = [r["compute_s"] for r in ranks if r["compute_s"] is not None]
-    blocked = [r["blocked_s"] for r in ranks if r["blocked_s"] is not None]
-    compute = max(computes) if computes else step
-    allreduce = (sum(blocked) / len(blocked) if blocked else
-                 max(0.0, step - compute) if computes else 0.0)
-    return {"impl": args.impl, "model": args.model, "ranks": size, "threads": args.threads,
-            "batch": batch, "steps": args.steps, "warmup": args.warmup, "device": str(device),
-            "step_ms": 1e3 * step, "compute_ms": 1e3 * compute, "allreduce_ms": 1e3 * allreduce,
-            "main_cpu_ms": 1e3 * max(r["cpu_s"] for r in ranks),
-            "samples_per_s_per_rank": batch / step, "samples_per_s": size * batch / step,
-            "peak_memory_mb": max(r["peak_memory_mb"] for r in ranks),
-            "per_rank": ranks, **extra}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.impl == "hvdl":
-        from hvdl.bench_hvdl import hvdl_main
+        from hvdl.bench.hvdl_side import hvdl_main  # loads hvdl and Horovod
 
         report = hvdl_main(args)
     else:

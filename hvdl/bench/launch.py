@@ -1,6 +1,6 @@
 """Launching one benchmark job, and telling whether other processes disturbed it.
 
-Used by hvdl/bench.py. A job is one subprocess: `python -m hvdl.bench_worker` for one process,
+Used by hvdl/bench/suite.py. A job is one subprocess: `python -m hvdl.bench.worker` for one process,
 under horovodrun for hvdl on N ranks, under torchrun for DDP. On a shared machine other
 processes steal cores mid-run, so each job's interference is measured: the CPU time the whole
 machine spent minus the CPU time of the job's own processes, as a fraction of the machine over
@@ -96,7 +96,7 @@ def job_env(threads: int, extra: dict[str, str], malloc: bool = True) -> dict[st
 
 def command(impl: str, ranks: int, worker: list[str], controller: str) -> list[str]:
     """The launcher line: python for one process, horovodrun for hvdl, torchrun for DDP."""
-    python = [sys.executable, "-m", "hvdl.bench_worker", *worker]
+    python = [sys.executable, "-m", "hvdl.bench.worker", *worker]
     if impl == "ddp":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", str(ranks), *python[1:]]

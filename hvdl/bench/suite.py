@@ -10,11 +10,11 @@ For each model family (LeNet-5, sparse autoencoder, RBM, DBN fine-tuning) it run
 network, batch and synthetic data: `plain`, a single-process PyTorch loop with no hvdl code;
 `hvdl` at every requested world size (1 rank: the framework's overhead; N ranks under
 horovodrun); `ddp`, DistributedDataParallel with Gloo (NCCL on GPU) under torchrun; and any
-extra hvdl variants (hvdl/bench_launch.py `VARIANTS`: Horovod's per-tensor optimizer, fp16
+extra hvdl variants (hvdl/bench/launch.py `VARIANTS`: Horovod's per-tensor optimizer, fp16
 compression, no tensor fusion, other cycle times, parameter averaging, ranks bound to
 cores). Repeats are interleaved so that a noisy machine spreads its noise over all variants;
 `--quiet-wait` and `--max-interference` wait for, and rerun after, other processes' load. Each
-job is a subprocess running hvdl/bench_worker.py; the figures are medians over repeats with
+job is a subprocess running hvdl/bench/worker.py; the figures are medians over repeats with
 their min and max. Writes `bench.json` (every run, the machine, versions and date), `bench.md` (the
 table) and `bench.png` (throughput and scaling efficiency against ranks) into `--out`.
 Measured figures: results/bench/README.md.
@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hvdl.bench_launch import VARIANTS, run_one
-from hvdl.bench_plain import SPECS
+from hvdl.bench.launch import VARIANTS, run_one
+from hvdl.bench.plain import SPECS
 
 IMPLS = ("plain", "ddp", *VARIANTS)
 
@@ -81,7 +81,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hvdl import bench_report
+    from hvdl.bench import report as bench_report
 
     args = parse_args(argv)
     if args.render:

@@ -1,6 +1,6 @@
 """The benchmark's summary: medians and spreads, the machine, and bench.json, bench.md, bench.png.
 
-Used by hvdl/bench.py. Scaling efficiency of an implementation at N ranks is its total
+Used by hvdl/bench/suite.py. Scaling efficiency of an implementation at N ranks is its total
 throughput over N times its own throughput at one rank (weak scaling: the batch per rank is
 fixed); `vs plain` is throughput over the single-process PyTorch loop's.
 """
