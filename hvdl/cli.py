@@ -12,7 +12,8 @@ import importlib
 import sys
 
 COMMANDS = {"train": "hvdl.train", "eval": "hvdl.evaluate", "fetch": "hvdl.fetch",
-            "report": "hvdl.report", "bench": "hvdl.bench", "data": "hvdl.data.tool"}
+            "report": "hvdl.report", "bench": "hvdl.bench.suite", "data": "hvdl.data.tool",
+            "encode": "hvdl.encode"}
 
 
 def main(argv: list[str] | None = None) -> int:

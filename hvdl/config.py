@@ -17,23 +17,27 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hvdl.config_rules import ConfigError, coerce, validate
+from hvdl.config_rules import ConfigError, NonNegative, Positive, coerce, validate
 
 
 @dataclass(frozen=True)
 class SAEConfig:
     """Sparse autoencoder (UFLDL): J = recon + (λ/2)ΣW² + β Σ KL(ρ‖ρ̂)."""
 
-    rho: float = 0.01  # target mean activation ρ of each hidden unit
-    beta: float = 3.0  # weight β of the sparsity penalty
-    lam: float = 1e-4  # weight decay λ
-    lbfgs_iterations: int = 400  # full-batch L-BFGS iterations per layer (optimizer = "lbfgs")
-    lbfgs_history: int = 100  # L-BFGS memory (pairs kept)
-    softmax_lam: float = 1e-4  # weight decay of the softmax classifier on top of a stack
-    finetune_iterations: int = 400  # fine-tuning iterations (L-BFGS) or epochs (minibatch)
-    finetune_optimizer: str = "lbfgs"  # lbfgs | sgd | adam (minibatch: lr, schedule, batch_size)
+    rho: NonNegative[float] = 0.01  # target mean activation ρ of each hidden unit
+    beta: NonNegative[float] = 3.0  # weight β of the sparsity penalty
+    lam: NonNegative[float] = 1e-4  # weight decay λ
+    # full-batch L-BFGS iterations per layer (optimizer = "lbfgs")
+    lbfgs_iterations: Positive[int] = 400
+    lbfgs_history: Positive[int] = 100  # L-BFGS memory (pairs kept)
+    # weight decay of the softmax classifier on top of a stack
+    softmax_lam: NonNegative[float] = 1e-4
+    # fine-tuning iterations (L-BFGS) or epochs (minibatch)
+    finetune_iterations: NonNegative[int] = 400
+    # the fine-tuning optimizer; sgd and adam take lr, schedule and batch_size
+    finetune_optimizer: Literal["lbfgs", "sgd", "adam"] = "lbfgs"
     float64: bool = False  # float64 weights and data, as UFLDL's MATLAB: L-BFGS goes further
 
 
@@ -41,23 +45,28 @@ class SAEConfig:
 class RBMConfig:
     """Restricted Boltzmann machines and their stacks (Hinton & Salakhutdinov 2006)."""
 
-    cd_k: int = 1  # Gibbs steps of contrastive divergence CD-k
+    cd_k: Positive[int] = 1  # Gibbs steps of contrastive divergence CD-k
     persistent: bool = False  # persistent CD: the negative chain carries over between updates
-    visible: str = "bernoulli"  # bernoulli | gaussian (unit-variance linear visible units)
-    code_units: str = "bernoulli"  # hidden units of the top RBM: bernoulli | linear
-    pretrain_epochs: int = 10  # epochs of CD per stacked layer
-    pretrain_lr: float = 0.1  # CD learning rate for weights and biases
-    code_lr: float = 0.001  # CD learning rate of an RBM with linear hidden units
-    initial_momentum: float = 0.5  # momentum for the first `momentum_switch` epochs
-    final_momentum: float = 0.9  # momentum afterwards
-    momentum_switch: int = 5  # epoch at which the momentum changes
-    weight_cost: float = 2e-4  # L2 weight decay on W
-    finetune_epochs: int = 10  # supervised (DBN) or reconstruction (deep AE) fine-tuning epochs
-    finetune_lr: float = 0.1  # learning rate of backprop fine-tuning
-    finetune_batch_size: int = 0  # examples per rank per fine-tuning step (0: batch_size)
-    top_epochs: int = 0  # DBN: epochs training the softmax layer alone before the whole net
-    pretrained: str = ""  # dbn, deep_ae: a run folder whose stages/pretrain<i>.pt are fine-tuned
-                          # instead of pretraining anew
+    visible: Literal["bernoulli", "gaussian"] = "bernoulli"  # gaussian: unit-variance linear units
+    # the hidden units of the top RBM
+    code_units: Literal["bernoulli", "linear"] = "bernoulli"
+    pretrain_epochs: NonNegative[int] = 10  # epochs of CD per stacked layer
+    pretrain_lr: Positive[float] = 0.1  # CD learning rate for weights and biases
+    code_lr: Positive[float] = 0.001  # CD learning rate of an RBM with linear hidden units
+    initial_momentum: NonNegative[float] = 0.5  # momentum for the first `momentum_switch` epochs
+    final_momentum: NonNegative[float] = 0.9  # momentum afterwards
+    momentum_switch: NonNegative[int] = 5  # epoch at which the momentum changes
+    weight_cost: NonNegative[float] = 2e-4  # L2 weight decay on W
+    # supervised (DBN) or reconstruction (deep AE) fine-tuning epochs
+    finetune_epochs: NonNegative[int] = 10
+    finetune_lr: Positive[float] = 0.1  # learning rate of backprop fine-tuning
+    # examples per rank per fine-tuning step (0: batch_size)
+    finetune_batch_size: NonNegative[int] = 0
+    # DBN: epochs training the softmax layer alone before the whole net
+    top_epochs: NonNegative[int] = 0
+    # dbn, deep_ae: a run folder whose stages/pretrain<i>.pt are fine-tuned instead of pretraining
+    # anew
+    pretrained: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,49 +74,60 @@ class PatchConfig:
     """Natural-image patches (UFLDL sampleIMAGES)."""
 
     source: str = "skimage"  # skimage | a folder of PNG/JPEG | a .mat file with IMAGES (H, W, n)
-    size: int = 8  # patch side in pixels
-    count: int = 10000  # patches over all ranks
+    size: Positive[int] = 8  # patch side in pixels
+    count: Positive[int] = 10000  # patches over all ranks
     zca: bool = False  # ZCA-whiten after normalising
-    zca_epsilon: float = 0.1  # regulariser added to the covariance eigenvalues
+    zca_epsilon: Positive[float] = 0.1  # regulariser added to the covariance eigenvalues
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """The training data (hvdl/data/): a bundled dataset or the user's own files."""
 
-    format: str = ""  # mnist | patches | idx | npy | csv | parquet | hdf5 | images; "" means
-                      # from the path (mnist when there is none)
+    # "" means from the files' names (mnist when there is no path)
+    format: Literal["", "mnist", "patches", "idx", "npy", "csv", "parquet", "hdf5", "images"] = ""
     path: str = ""  # a file, a folder or a glob; several files are one dataset in sorted order
     test_path: str = ""  # held-out data in the same format and layout
     test_label: str = ""  # test_path's label files (npy, idx); "" means data.label
-    test_fraction: float = 0.0  # without test_path: this share held out, drawn from the seed
-    label: str = ""  # the label column, HDF5 key, NPY/IDX file or folder level (1: the image's
-                     # folder); "" means unlabelled data (for sae, rbm, deep_ae)
-    features: tuple[str, ...] = ()  # columns or the HDF5 key of the features (default: all but
-                                    # the label)
-    shape: tuple[int, ...] = ()  # one example's shape, e.g. [1, 28, 28] for the cnn family
-                                 # (default: the stored shape, else flat)
-    scale: str = "none"  # none | unit (x / 255) | standardize (training-set mean and standard
-                         # deviation) | minmax (training-set range to [0, 1]); per channel for
-                         # [C, H, W] and [H, W] examples, else per feature
-    memory: str = "auto"  # auto | device (the shard on the device) | stream (read as it trains)
-    budget_mb: float = 0  # largest shard held on the device (0: half its free memory / local ranks)
-    buffer_mb: float = 1024  # streaming buffer, and the shuffle window in either memory mode
-    chunk_mb: float = 4  # rows per chunk: this many MB of float32 features
-    cache_dir: str = ""  # where a gzip file is decompressed once per node ("": $TMPDIR/hvdl)
+    # without test_path: this share held out, drawn from the seed
+    test_fraction: NonNegative[float] = 0.0
+    # the label column, HDF5 key, NPY/IDX file or folder level (1: the image's folder); "" means
+    # unlabelled data (for sae, rbm, deep_ae)
+    label: str = ""
+    # columns or the HDF5 key of the features (default: all but the label)
+    features: tuple[str, ...] = ()
+    # one example's shape, e.g. [1, 28, 28] for the cnn family (default: the stored shape, else
+    # flat)
+    shape: tuple[int, ...] = ()
+    # unit: x / 255; standardize: the training set's mean and standard deviation; minmax: its
+    # range to [0, 1]; per channel for [C, H, W] and [H, W] examples, else per feature
+    scale: Literal["none", "unit", "standardize", "minmax"] = "none"
+    # device: the shard held on the device; stream: read as it trains; auto: device if it fits
+    # data.budget_mb
+    memory: Literal["auto", "device", "stream"] = "auto"
+    # largest shard held on the device (0: half its free memory / local ranks)
+    budget_mb: NonNegative[float] = 0
+    # streaming buffer, and the shuffle window in either memory mode
+    buffer_mb: Positive[float] = 1024
+    chunk_mb: Positive[float] = 4  # rows per chunk: this many MB of float32 features
+    cache_dir: str = ""  # where a gzip file is decompressed once per node ("": $TMPDIR/hvdl-cache)
 
 
 @dataclass(frozen=True)
 class PerfConfig:
     """Synchronisation modes and Horovod knobs."""
 
-    sync: str = "allreduce"  # allreduce (gradients every step) | average (parameters every k steps)
-    sync_every: int = 1  # k, local steps between parameter averages (sync = "average")
-    grad_sync: str = "fused"  # fused (one flat allreduce a step) | hooks (hvd.DistributedOptimizer)
+    # allreduce: gradients every step; average: parameters every sync_every steps
+    sync: Literal["allreduce", "average"] = "allreduce"
+    sync_every: Positive[int] = 1  # k, local steps between parameter averages (sync = "average")
+    # fused: one flat allreduce a step; hooks: hvd.DistributedOptimizer
+    grad_sync: Literal["fused", "hooks"] = "fused"
     fp16_compression: bool = False  # compress gradients to fp16 for the allreduce
-    backward_passes_per_step: int = 1  # local gradient accumulation before each allreduce
-    fusion_threshold_mb: int = 64  # Horovod tensor fusion buffer (HOROVOD_FUSION_THRESHOLD)
-    cycle_time_ms: float = 0.02  # Horovod background cycle (HOROVOD_CYCLE_TIME); see results/bench
+    backward_passes_per_step: Positive[int] = 1  # local gradient accumulation before each allreduce
+    # Horovod tensor fusion buffer (HOROVOD_FUSION_THRESHOLD)
+    fusion_threshold_mb: Positive[int] = 64
+    # Horovod background cycle (HOROVOD_CYCLE_TIME); see results/bench
+    cycle_time_ms: Positive[float] = 0.02
     timeline: bool = False  # write Horovod's timeline into the run folder
     bf16: bool = False  # bf16 autocast of forward and loss (GPU; also runs on CPU)
     compile: bool = False  # torch.compile the model
@@ -118,34 +138,43 @@ class Config:
     """Everything that decides a run."""
 
     recipe: str = "lenet5"  # recipe name (file stem in models/), set by the loader
-    family: str = "cnn"  # cnn | sae | stacked_ae | rbm | dbn | deep_ae
+    # what is trained (hvdl/families.py)
+    family: Literal["cnn", "sae", "stacked_ae", "rbm", "dbn", "deep_ae"] = "cnn"
     data_dir: str = ""  # MNIST's folder; "" means $HVDL_DATA, else the project's data/
-    train_size: int = 0  # use the first N training examples (0: all)
-    layers: tuple[int, ...] = ()  # unit counts, input first, e.g. (784, 500, 500, 2000, 10); a 0
-                                  # first (inputs) or last (classes) is taken from the data
-    optimizer: str = "sgd"  # sgd | adam | lbfgs
-    lbfgs_batch_iterations: int = 3  # L-BFGS iterations per minibatch (optimizer = "lbfgs")
-    epochs: int = 3  # passes over the training data
-    batch_size: int = 64  # examples per rank per step
-    lr: float = 0.01  # single-rank learning rate
-    lr_scaling: str = "linear"  # linear (lr × ranks) | none
-    warmup_epochs: float = 0.0  # linear warm-up from lr to lr × ranks
-    schedule: str = "constant"  # constant | cosine (to zero over the run) | onecycle
-    momentum: float = 0.0  # SGD momentum
-    weight_decay: float = 0.0  # L2 penalty on weights
-    label_smoothing: float = 0.0  # classification loss label smoothing
+    train_size: NonNegative[int] = 0  # use the first N training examples (0: all)
+    # unit counts, input first, e.g. (784, 500, 500, 2000, 10); a 0 first (inputs) or last (classes)
+    # is taken from the data
+    layers: tuple[int, ...] = ()
+    optimizer: Literal["sgd", "adam", "lbfgs"] = "sgd"
+    # L-BFGS iterations per minibatch (optimizer = "lbfgs")
+    lbfgs_batch_iterations: Positive[int] = 3
+    epochs: NonNegative[int] = 3  # passes over the training data
+    batch_size: Positive[int] = 64  # examples per rank per step
+    lr: Positive[float] = 0.01  # single-rank learning rate
+    lr_scaling: Literal["linear", "none"] = "linear"  # linear: lr × ranks
+    warmup_epochs: NonNegative[float] = 0.0  # linear warm-up from lr to lr × ranks
+    # cosine: to zero over the run; onecycle: the warm-up rises, then linear to zero
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    momentum: NonNegative[float] = 0.0  # SGD momentum
+    weight_decay: NonNegative[float] = 0.0  # L2 penalty on weights
+    label_smoothing: NonNegative[float] = 0.0  # classification loss label smoothing
     seed: int = 42  # seeds weights, shuffling and sampling
-    threads: int = 0  # torch threads per rank on CPU (0: cores / local ranks)
+    threads: NonNegative[int] = 0  # torch threads per rank on CPU (0: cores / local ranks)
     results_dir: str = "results/runs"  # run folders go here
-    log_every: int = 50  # steps between progress and TensorBoard updates
-    checkpoint_every: int = 0  # steps between checkpoints (0: end of each epoch only)
-    keep_checkpoints: int = 2  # newest checkpoints kept
-    filters_every: int = 0  # steps between filter images (0: end of each stage only)
+    log_every: Positive[int] = 50  # steps between progress and TensorBoard updates
+    # bar (a live bar) | lines (whole lines, at most one per 10 s) | none; auto: a bar on a
+    # terminal, lines otherwise (launchers, sbatch logs)
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    checkpoint_every: NonNegative[int] = 0  # steps between checkpoints (0: end of each epoch only)
+    keep_checkpoints: Positive[int] = 2  # newest checkpoints kept
+    filters_every: NonNegative[int] = 0  # steps between filter images (0: end of each stage only)
     resume: str = ""  # "" | "auto" (newest checkpoint of the last run of this recipe) | a path
-    stop_check_every: int = 10  # steps between the ranks' agreement on a SIGTERM/SIGUSR1 stop
+    # steps between the ranks' agreement on a SIGTERM/SIGUSR1 stop
+    stop_check_every: Positive[int] = 10
     elastic: bool = False  # Horovod elastic training (horovodrun --min-np/--max-np); family cnn
-    commit_every: int = 20  # steps between elastic in-memory state commits (elastic = true)
-    max_steps: int = 0  # stop after this many steps (0: no limit); for smoke tests
+    # steps between elastic in-memory state commits (elastic = true)
+    commit_every: Positive[int] = 20
+    max_steps: NonNegative[int] = 0  # stop after this many steps (0: no limit); for smoke tests
     sae: SAEConfig = field(default_factory=SAEConfig)
     rbm: RBMConfig = field(default_factory=RBMConfig)
     data: DataConfig = field(default_factory=DataConfig)

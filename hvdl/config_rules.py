@@ -1,13 +1,14 @@
-"""What a configuration may hold: each key's choices and range, the rules between fields, and
-the conversion of recipe and command-line values to the fields' types (hvdl/config.py builds
-the `Config` and calls these). Every violation raises `ConfigError` naming the key and what is
-allowed.
+"""What a configuration may hold: the rules fields carry in their annotations (`Literal["a", "b"]`,
+`Positive[int]`, `NonNegative[float]`, next to each field in hvdl/config.py), the rules between
+fields, and the conversion of recipe and command-line values to the fields' types. Every
+violation raises `ConfigError` naming the key and what is allowed.
 """
 
 from __future__ import annotations
 
 import typing
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from hvdl.errors import BadInput
 
@@ -19,38 +20,59 @@ class ConfigError(BadInput):
     """A recipe or command-line value that is not allowed; the message names key and rule."""
 
 
-FAMILIES = ("cnn", "sae", "stacked_ae", "rbm", "dbn", "deep_ae")
 CLASSIFIER_FAMILIES = ("stacked_ae", "dbn")  # layers end with the class count
-ELASTIC_FAMILIES = ("cnn",)  # families whose trainer runs hvdl/elastic.py when elastic = true
+# Families trained by minibatches alone, which run under Horovod's elastic API (elastic = true).
+ELASTIC_FAMILIES = ("cnn", "sae", "rbm", "dbn", "deep_ae")
 
-# Each key's allowed values, then the keys that must be > 0 and those that must be >= 0.
-_CHOICES = {
-    "family": FAMILIES,
-    "data.format": ("", "mnist", "patches", "idx", "npy", "csv", "parquet", "hdf5", "images"),
-    "data.scale": ("none", "unit", "standardize", "minmax"),
-    "data.memory": ("auto", "device", "stream"),
-    "optimizer": ("sgd", "adam", "lbfgs"),
-    "lr_scaling": ("linear", "none"),
-    "schedule": ("constant", "cosine", "onecycle"),
-    "rbm.visible": ("bernoulli", "gaussian"),
-    "rbm.code_units": ("bernoulli", "linear"),
-    "perf.sync": ("allreduce", "average"),
-    "sae.finetune_optimizer": ("lbfgs", "sgd", "adam"),
-    "perf.grad_sync": ("fused", "hooks"),
-}
-_POSITIVE = {"batch_size", "lr", "log_every", "keep_checkpoints", "stop_check_every",
-             "commit_every", "lbfgs_batch_iterations", "sae.lbfgs_iterations",
-             "sae.lbfgs_history", "rbm.cd_k",
-             "rbm.pretrain_lr", "rbm.code_lr", "rbm.finetune_lr", "patches.size", "patches.count",
-             "perf.sync_every", "perf.backward_passes_per_step", "perf.fusion_threshold_mb",
-             "perf.cycle_time_ms", "patches.zca_epsilon", "data.buffer_mb", "data.chunk_mb"}
-_NON_NEGATIVE = {"epochs", "train_size", "warmup_epochs", "momentum", "weight_decay",
-                 "label_smoothing", "threads", "checkpoint_every", "filters_every", "max_steps",
-                 "sae.rho", "sae.beta", "sae.lam", "sae.softmax_lam", "sae.finetune_iterations",
-                 "rbm.pretrain_epochs", "rbm.initial_momentum", "rbm.final_momentum",
-                 "rbm.momentum_switch", "rbm.weight_cost", "rbm.finetune_epochs",
-                 "rbm.finetune_batch_size", "rbm.top_epochs", "data.test_fraction",
-                 "data.budget_mb"}
+@dataclass(frozen=True)
+class OneOf:
+    """A field's allowed values."""
+
+    choices: tuple[Any, ...]
+
+    def check(self, key: str, value: Any) -> None:
+        if value not in self.choices:
+            raise ConfigError(f"config key {key!r} is {value!r}; allowed: "
+                              f"{', '.join(map(str, self.choices))}")
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """A field's lower bound, strict or not."""
+
+    bound: float
+    strict: bool
+
+    def check(self, key: str, value: Any) -> None:
+        if not (value > self.bound if self.strict else value >= self.bound):
+            sign = ">" if self.strict else ">="
+            raise ConfigError(f"config key {key!r} must be {sign} {self.bound:g}, got {value!r}")
+
+
+class Positive:
+    """`Positive[int]`: a number field that must be > 0."""
+
+    def __class_getitem__(cls, kind: type) -> Any:
+        return Annotated[kind, AtLeast(0, strict=True)]
+
+
+class NonNegative:
+    """`NonNegative[float]`: a number field that must be >= 0."""
+
+    def __class_getitem__(cls, kind: type) -> Any:
+        return Annotated[kind, AtLeast(0, strict=False)]
+
+
+def rules(cls: type) -> dict[str, tuple[Any, ...]]:
+    """Each field of the dataclass `cls` and the rules its annotation carries: a `Literal`'s
+    values, a `Positive` or `NonNegative` bound."""
+    found = {}
+    for name, kind in typing.get_type_hints(cls, include_extras=True).items():
+        if typing.get_origin(kind) is Literal:
+            found[name] = (OneOf(typing.get_args(kind)),)
+        else:
+            found[name] = getattr(kind, "__metadata__", ())
+    return found
 
 
 def coerce(key: str, value: Any, kind: Any) -> Any:
@@ -79,7 +101,7 @@ def coerce(key: str, value: Any, kind: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise fail() from None
-    if kind is str:
+    if kind is str or typing.get_origin(kind) is Literal:
         if isinstance(value, str):
             return value
         raise fail()
@@ -99,6 +121,8 @@ def describe(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
         item = {int: "integers", str: "names"}[typing.get_args(kind)[0]]
         return f"a comma-separated list of {item}"
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
 
 
@@ -108,17 +132,15 @@ def get(config: Config, key: str) -> Any:
 
 
 def validate(config: Config) -> None:
-    """Raise ConfigError for the first value out of its allowed range."""
-    for key, allowed in _CHOICES.items():
-        if get(config, key) not in allowed:
-            raise ConfigError(f"config key {key!r} is {get(config, key)!r}; "
-                              f"allowed: {', '.join(allowed)}")
-    for key in sorted(_POSITIVE):
-        if not get(config, key) > 0:
-            raise ConfigError(f"config key {key!r} must be > 0, got {get(config, key)!r}")
-    for key in sorted(_NON_NEGATIVE):
-        if not get(config, key) >= 0:
-            raise ConfigError(f"config key {key!r} must be >= 0, got {get(config, key)!r}")
+    """Raise ConfigError for the first value its field's rule refuses, then for the first
+    broken rule between fields (these are below)."""
+    from hvdl.config import SECTIONS
+
+    for prefix, part in [("", config)] + [(f"{name}.", getattr(config, name))
+                                          for name in SECTIONS]:
+        for name, found in rules(type(part)).items():
+            for rule in found:
+                rule.check(prefix + name, getattr(part, name))
     # A 0 is taken from the data: the inputs first, and the classes last for the classifiers.
     fixed = config.layers[1:-1] if config.family in CLASSIFIER_FAMILIES else config.layers[1:]
     if any(n < 0 for n in config.layers) or any(n == 0 for n in fixed):
@@ -146,3 +168,7 @@ def validate(config: Config) -> None:
     if config.elastic and config.family not in ELASTIC_FAMILIES:
         raise ConfigError(f"config key 'elastic' is true for family {config.family!r}; "
                           f"allowed: elastic training for {', '.join(ELASTIC_FAMILIES)} only")
+    if config.elastic and config.optimizer == "lbfgs":
+        raise ConfigError("config key 'elastic' is true with optimizer 'lbfgs', whose line "
+                          "searches keep the ranks in lockstep outside Horovod's elastic state; "
+                          "allowed: elastic training with optimizer sgd or adam")

@@ -34,7 +34,7 @@ from hvdl.host import (cpu_threads, keep_freed_memory, launcher_size, main_threa
 
 
 class LaunchError(BadInput):
-    """The launcher and Horovod disagree about the job (for example a Gloo-only build under srun)."""
+    """The launcher and Horovod disagree about the job (a Gloo-only build under srun, say)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,26 @@ def _hvd() -> Any:
     import horovod.torch as hvd
 
     return hvd
+
+
+def set_horovod_knobs(perf: Any, *, elastic: bool = False) -> None:
+    """Horovod reads these when it starts, so they are set before `init` (`perf`: the config's
+    perf section)."""
+    if not elastic:  # Horovod 0.28.1 segfaults re-initialising after an elastic reset with
+        # both set (tests/test_elastic.py); elastic runs keep Horovod's defaults.
+        os.environ.setdefault("HOROVOD_FUSION_THRESHOLD",
+                              str(perf.fusion_threshold_mb * 1024 * 1024))
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", str(perf.cycle_time_ms))
+    if perf.timeline:  # lets `start_timeline` begin one once the run folder exists
+        os.environ.setdefault("HOROVOD_TIMELINE", "DYNAMIC")
+
+
+KNOBS = ("HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME", "HOROVOD_TIMELINE")
+
+
+def knobs() -> dict[str, str | None]:
+    """The Horovod settings in this process's environment, which Horovod read when it started."""
+    return {k: os.environ.get(k) for k in KNOBS}
 
 
 def init(threads: int | None = None) -> Context:

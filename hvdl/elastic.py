@@ -11,17 +11,21 @@ workers to match, between `--min-np` and `--max-np`. On a single host horovodrun
 `--network-interface lo` (without it, it waits for a second host). README.md, "Elastic
 training", has the walk-through.
 
-Horovod's recipe (docs/elastic.rst), as used here for the cnn family
-(hvdl/config_rules.py, ELASTIC_FAMILIES):
+Horovod's recipe (docs/elastic.rst), as used here for every family trained by minibatches
+alone, stage by stage (cnn, sae with sgd or adam, rbm, dbn and deep_ae: hvdl/config_rules.py,
+ELASTIC_FAMILIES); `engine.fit` hands a stage here when `elastic` is true:
 - `TorchState` holds the model, the optimizer and the position: `epoch`, `seen` (examples of
   the epoch done, over all ranks) and the global `step`. Every `commit_every` steps and at each
   epoch's end `commit()` copies it in memory and checks whether hosts changed.
 - `@hvd.elastic.run` reruns the loop after a reset: from the last commit when a worker failed,
   from where it was when hosts were added or removed. A joining worker gets rank 0's state by
   broadcast before it takes a step.
-- The reset callback (`World.refresh`) cuts this rank's shards again for its new rank and the
-  new world size and rebuilds the learning-rate schedule, so the rate follows the world size
-  (`lr × size` after warm-up with linear scaling) and continues at the same point of the run.
+- The reset callback (`World.refresh`) deals this rank's shards again for its new rank and the
+  new world size (`Shards.refresh`: the data layer reads the same dataset with the same
+  normalisation; a later stage's shards pass through the stages below it again) and rebuilds
+  the learning-rate schedule, so the rate follows the world size (`lr × size` after warm-up
+  with linear scaling) and continues at the same point of the run. The stage's closures
+  (evaluation, an RBM's monitors) read the shards when they run, so they see the new ones.
 - The interrupted epoch goes on from the same fraction of its examples; its order is drawn again
   for the new shards, so a few examples of that epoch are seen twice or not at all. Later epochs
   are whole. Checkpoints, the non-finite guard and SIGTERM/SIGUSR1 work as in static training
@@ -33,33 +37,32 @@ Horovod's recipe (docs/elastic.rst), as used here for the cnn family
   HOROVOD_CYCLE_TIME are both set, so elastic runs leave `perf.fusion_threshold_mb` and
   `perf.cycle_time_ms` to Horovod's defaults (hvdl/train.py).
 
-The other families train in stages whose state lives outside one minibatch loop (greedy RBM and
-autoencoder pretraining, full-batch L-BFGS); they are not elastic.
+Full-batch L-BFGS (sae and stacked_ae with optimizer lbfgs) and minibatch L-BFGS keep the
+ranks in lockstep through line searches that Horovod's elastic state cannot capture; they are
+not elastic.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from hvdl import dist, engine, preemption
+from hvdl import dist, engine, preemption, sync
+from hvdl.checkpointer import Checkpointer, restore
 from hvdl.config import Config
-from hvdl.data.shard import Shard
+from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
 from hvdl.runlog import RunLog
-
-ShardsFn = Callable[[Context], tuple[Shard, Shard]]  # (train, test) of a rank
-
+from hvdl.schedule import Schedule, make_optimizer
 
 @dataclass(frozen=True)
 class Shifted:
     """A schedule read at `step + offset`: global steps mapped to this world size's position."""
 
-    inner: engine.Schedule
+    inner: Schedule
     offset: int
 
     @property
@@ -74,19 +77,21 @@ class Shifted:
 class World:
     """What follows the world size: this rank's shards and the learning-rate schedule."""
 
-    shards: ShardsFn
+    shards: Shards
     config: Config
     ctx: Context
-    epochs: int
-    lr: float
-    train: Shard | None = None
-    test: Shard | None = None
+    stage: engine.Stage
     tracked: Any = None  # the TorchState, once made
 
+    @property
+    def train(self) -> Shard:
+        return self.shards.train
+
     def refresh(self) -> None:
-        """Re-cut this rank's shards for its rank and the world size now (reset callback)."""
+        """Deal this rank's shards again for its rank and the world size now (reset callback);
+        the stage's closures read them from `shards`."""
         self.ctx = dist.current(self.ctx)
-        self.train, self.test = self.shards(self.ctx)
+        self.shards.refresh(self.ctx)
 
     def start_batch(self) -> int:
         """The batch of this epoch that comes next, at this world size."""
@@ -94,53 +99,67 @@ class World:
 
     def schedule(self) -> Shifted:
         """The schedule of a run at this world size, read where the run has got to."""
-        steps = self.train.steps
-        inner = engine.Schedule(self.lr, self.ctx.size, self.epochs * steps,
-                                int(self.config.warmup_epochs * steps), self.config.schedule,
-                                self.config.lr_scaling)
+        steps, stage = self.train.steps, self.stage
+        inner = Schedule(stage.lr, self.ctx.size, stage.epochs * steps,
+                         int(self.config.warmup_epochs * steps),
+                         stage.schedule or self.config.schedule, self.config.lr_scaling)
         position = self.tracked.epoch * steps + self.start_batch()
         return Shifted(inner, position - self.tracked.step)
 
 
-def fit(stage: engine.Stage, shards: ShardsFn, evaluate: Callable[[Shard], dict[str, Any]],
-        config: Config, ctx: Context, run: RunLog,
+def fit(stage: engine.Stage, shards: Shards, config: Config, ctx: Context, run: RunLog,
         state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """engine.fit's elastic twin: `shards(ctx)` and `evaluate(test)` are redone after resets."""
-    base = engine.make_optimizer(stage.model.parameters(), config, stage.lr)
+    """engine.fit under Horovod's elastic API: `shards` are dealt again after every reset."""
+    base = stage.optimizer() if stage.optimizer else make_optimizer(
+        stage.model.parameters(), config, stage.lr)
     # Horovod's own optimizer: its hooks are what the elastic state handlers know how to sync.
     optimizer = dist.distributed_optimizer(base, stage.model,
                                            fp16_compression=config.perf.fp16_compression)
-    epoch, batch, step = engine.restore(stage, optimizer, state, ctx)
-    world = World(shards, config, ctx, stage.epochs, stage.lr)
-    world.refresh()
+    state = engine.stage_state(stage.name, state)
+    epoch, batch, step = restore(stage.model, optimizer, state, ctx, stage.rank_state)
+    if state is not None:  # the run's step where this stage began
+        run.steps_before = state.get("offset", 0)
+    ctx = dist.current(ctx)  # an earlier stage's workers may have come and gone
+    shards.refresh(ctx)
+    world = World(shards, config, ctx, stage)
     world.tracked = dist.elastic_state(
         stage.model, optimizer, epoch=epoch, seen=batch * config.batch_size * ctx.size,
         step=step, run_dir=str(run.dir or ""))
-    stage = dataclasses.replace(stage, evaluate=lambda: evaluate(world.test))
     with preemption.StopSignal(config.stop_check_every) as stop:
         world.tracked.register_reset_callbacks([world.refresh, stop.forget])
-        saver = engine.Checkpointer(stage, optimizer, config, run, stop, steps=0)
-        return dist.elastic_run(train_epochs)(world.tracked, world, saver)
+        saver = Checkpointer(stage.name, stage.model, optimizer, config, run, stop, steps=0,
+                             rank_state=stage.rank_state)
+        final = dist.elastic_run(train_epochs)(world.tracked, world, saver)
+    run.steps_before += world.tracked.step  # the next stage's checkpoints number on
+    return final
 
 
-def train_epochs(tracked: Any, world: World, saver: engine.Checkpointer) -> dict[str, Any]:
+def train_epochs(tracked: Any, world: World, saver: Checkpointer) -> dict[str, Any]:
     """The epochs from the committed position on; Horovod reruns this after every reset."""
-    stage, run = saver.stage, saver.run
+    stage, run = world.stage, saver.run
     run.hand_over(world.ctx.is_root, Path(tracked.run_dir))
-    run.print(f"hvdl: elastic: {world.ctx.size} rank(s), epoch {tracked.epoch + 1}, "
-              f"step {tracked.step}, lr x{world.schedule()(tracked.step) / stage.lr:g}")
+    run.print(f"hvdl: elastic: {world.ctx.size} rank(s), {stage.name} epoch "
+              f"{tracked.epoch + 1}, step {tracked.step}, {world.train.steps} steps an epoch, "
+              f"lr x{world.schedule()(tracked.step) / stage.lr:g}")
     final: dict[str, Any] = {}
     while tracked.epoch < stage.epochs:
         saver.epoch, saver.steps = tracked.epoch, world.train.steps
-        start, first, started = world.start_batch(), tracked.step, time.perf_counter()
+        if stage.on_epoch is not None:
+            stage.on_epoch(tracked.epoch, saver.optimizer)
+        # The new world's shards may have served this epoch's examples already: then it ends.
+        start = min(world.start_batch(), world.train.steps)
+        first, started = tracked.step, time.perf_counter()
         cost, step = engine.train_epoch(stage, saver.optimizer, world.train, world.schedule(),
                                         epoch=tracked.epoch, step=tracked.step, run=run,
                                         config=saver.config, start=start,
                                         after_step=partial(after_step, tracked, world, saver))
         seconds = time.perf_counter() - started
         rate = (step - first) * world.train.batch_size * world.ctx.size / seconds
-        entry = {"epoch": tracked.epoch + 1, "train_cost": cost, "seconds": seconds,
-                 "samples_per_s": rate, "ranks": world.ctx.size}
+        entry = {"epoch": tracked.epoch + 1, f"train_{stage.cost_name}": cost,
+                 "seconds": seconds, "samples_per_s": rate, "ranks": world.ctx.size,
+                 "step": step, "steps_an_epoch": world.train.steps,
+                 # a worker that joined holds rank 0's model, not its own start
+                 "parameters_identical": sync.agreement(stage.model, "elastic.agree")["identical"]}
         batch = start + step - first
         final = engine.end_epoch(stage, saver, entry, batch=batch, step=step)
         whole = saver.epoch > tracked.epoch  # end_epoch moved on to the next epoch
@@ -152,7 +171,7 @@ def train_epochs(tracked: Any, world: World, saver: engine.Checkpointer) -> dict
     return final
 
 
-def after_step(tracked: Any, world: World, saver: engine.Checkpointer, batch: int,
+def after_step(tracked: Any, world: World, saver: Checkpointer, batch: int,
                step: int) -> None:
     """Track the position, checkpoint or stop as in static training, commit every few steps."""
     tracked.seen, tracked.step = batch * world.train.batch_size * world.ctx.size, step

@@ -7,6 +7,29 @@ and a run folder made for the run is removed again (results/bad_input.md lists e
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 
 class BadInput(ValueError):
     """Input hvdl refuses before any work; the message is one line, ending in what is allowed."""
+
+
+class UsageExit(SystemExit):
+    """Exit after a one-line explanation (printed by rank 0 only): 2 bad input, 1 failed run."""
+
+
+def fail(message: str, is_root: bool, status: int = 2) -> UsageExit:
+    """One line on rank 0's stderr and the exit to raise: 2 for bad input, 1 for a failed run."""
+    if is_root:
+        print(f"hvdl: error: {message}", file=sys.stderr, flush=True)
+    return UsageExit(status)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if self.exit_on_error is not False:
+            print(f"{self.prog}: error: {message}; see {self.prog} --help", file=sys.stderr)
+        raise UsageExit(2)

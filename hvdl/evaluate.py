@@ -1,74 +1,66 @@
-"""Evaluate a checkpoint on the MNIST test set, data-parallel; the report equals one process's.
+"""Evaluate a trained model on its test split, data-parallel; the figures equal one process's.
 
-    python -m hvdl.evaluate --checkpoint results/runs/<run>/checkpoints/step-000000938.pt
-    horovodrun -np 2 python -m hvdl.evaluate --checkpoint ... --out report.json
+    hvdl eval --checkpoint results/runs/<run>/checkpoints/step-000001404.pt
+    horovodrun -np 2 python -m hvdl.evaluate --checkpoint <run>/stages/finetune.pt --out r.json
+    hvdl eval --checkpoint C --data.test_path new.csv --data.label y    # other data, same layout
 
-Prints accuracy, per-class precision/recall/F1 and the confusion matrix (rank 0), and writes the
-whole report as JSON with `--out`. Works for the classifier families (cnn, stacked_ae, dbn).
+Every family (hvdl/families.py): a classifier (cnn, stacked_ae, dbn) gives accuracy, per-class
+precision, recall and F1 and the confusion matrix; an autoencoder or RBM (sae, rbm, deep_ae)
+gives the average squared reconstruction error per example, and the RBM its mean free energy.
+The test split is the training run's (`data.test_path`, `data.test_fraction`, MNIST's t10k
+files) unless `--data.KEY VALUE` options say otherwise; it is read with the classes and the
+normalisation the checkpoint carries. `--out` writes the whole report as JSON. Bad input: one
+line on rank 0, status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
-
-from hvdl import checkpoint, dist, metrics
-from hvdl import config as configlib
+from hvdl import dist
 from hvdl.data import dataset
-from hvdl.train import BAD_INPUT, TRAINERS, fail, launcher_rank
+from hvdl.errors import ArgumentParser, BadInput, fail
+from hvdl.families import load_trained, with_overrides
+from hvdl.host import launcher_rank
+from hvdl.inference import figures, format_report
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hvdl eval", description=__doc__.splitlines()[0])
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(this command's options, the `--KEY VALUE` config overrides)."""
+    parser = ArgumentParser(prog="hvdl eval", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt written by hvdl")
     parser.add_argument("--data_dir", "--data-dir", default="", help="MNIST folder")
     parser.add_argument("--out", type=Path, help="write the full report as JSON here")
-    return parser.parse_args(argv)
+    return parser.parse_known_args(argv)
 
-
-def format_report(report: dict) -> str:
-    lines = [f"test cost {report['cost']:.4f}  accuracy {100 * report['accuracy']:.2f}%  "
-             f"macro F1 {report['macro_f1']:.4f}  ({report['count']} images)",
-             "class  precision  recall  f1"]
-    for c, p, r, f in zip(report["classes"], report["precision"], report["recall"],
-                          report["f1"]):
-        lines.append(f"{str(c):>5}  {p:9.4f}  {r:6.4f}  {f:.4f}")
-    lines.append("confusion (rows: true class, columns: predicted)")
-    lines += [" ".join(f"{n:5d}" for n in row) for row in report["confusion"]]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(sys.argv[1:] if argv is None else argv)
+    args, rest = parse(sys.argv[1:] if argv is None else argv)
     try:
-        payload = checkpoint.load(args.checkpoint)
-        saved = configlib.flatten(payload["config"], "checkpoint")
-        if args.data_dir:
-            saved["data_dir"] = args.data_dir
-        config = configlib.build(saved)
-        trainer = importlib.import_module(f"hvdl.trainers.{TRAINERS[config.family]}")
-        if not hasattr(trainer, "build_classifier"):
-            raise configlib.ConfigError(
-                f"hvdl eval needs a classifier; family {config.family!r} is not one "
-                "(allowed: cnn, stacked_ae, dbn)")
-    except BAD_INPUT as err:
+        trained = load_trained(args.checkpoint)
+        config = with_overrides(trained, rest, args.data_dir)
+    except BadInput as err:
         raise fail(str(err), launcher_rank() == 0) from None
     ctx = dist.init(threads=config.threads or None)
+    family = trained.family
     try:
-        data = dataset.load(config, ctx, labels=True, images=config.family == "cnn",
-                            given=payload.get("data"), splits=("test",))
-    except BAD_INPUT as err:
+        data = dataset.load(config, ctx, labels=family.classifier is not None,
+                            images=family.images, given=trained.data, splits=("test",))
+        if data.test is None:
+            raise BadInput(f"the checkpoint's data ({config.data.path or config.data.format}) has "
+                           "no test split; allowed: --data.test_path FILE (and --data.label) or "
+                           "--data.test_fraction F")
+    except BadInput as err:
         raise fail(str(err), ctx.is_root) from None
-    model = trainer.build_classifier(config, ctx, data.info)
-    model.load_state_dict(payload["model"])
-    report = metrics.evaluate_classifier(model, data.test.scan(), data.classes)
+    trained.model.to(ctx.device)
+    found = figures(trained, data.test, data.classes)
     if ctx.is_root:
-        print(format_report(report))
+        print(format_report(found))
         if args.out:
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            args.out.write_text(json.dumps(found, indent=2) + "\n")
     dist.shutdown()
     return 0
 

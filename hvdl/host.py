@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 # glibc's allocator as hvdl sets it: keep freed blocks up to 32 MiB (M_MMAP_THRESHOLD, glibc's
 # largest allowed value) and up to 1 GiB of freed heap (M_TRIM_THRESHOLD). The same settings
-# as environment variables, for processes that are not hvdl's (hvdl/bench_launch.py).
+# as environment variables, for processes that are not hvdl's (hvdl/bench/launch.py).
 MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 2**20, 2**30
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
               "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
@@ -23,6 +23,15 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
 # The launcher environment variables that announce the number of tasks.
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_NTASKS",
                        "HOROVOD_SIZE")
+
+
+def launcher_rank(environ: dict[str, str] | None = None) -> int:
+    """This process's rank as the launcher announces it, readable before Horovod starts."""
+    environ = os.environ if environ is None else environ
+    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if environ.get(var, "").isdigit():
+            return int(environ[var])
+    return 0
 
 
 def launcher_size(environ: dict[str, str] | None = None) -> tuple[int, str | None]:

@@ -60,21 +60,32 @@ def cached(params: Sequence[torch.Tensor], objective: Objective) -> tuple[Object
     return closure, memory
 
 
+def full_batch_optimizer(params: Sequence[torch.Tensor], *, history: int = 100,
+                         chunk: int = 50) -> torch.optim.LBFGS:
+    """torch's L-BFGS with a strong-Wolfe line search, `chunk` iterations a call."""
+    return torch.optim.LBFGS(list(params), lr=1.0, max_iter=chunk, history_size=history,
+                             line_search_fn="strong_wolfe")
+
+
 def minimize(params: Sequence[torch.Tensor], objective: Objective, *, iterations: int,
              history: int = 100, chunk: int | None = None,
-             on_chunk: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Run up to `iterations` L-BFGS iterations; `on_chunk(iterations done, cost)` in between.
+             on_chunk: Callable[[int, float], None] | None = None,
+             optimizer: torch.optim.LBFGS | None = None, start: int = 0) -> dict[str, Any]:
+    """Run L-BFGS up to `iterations` iterations in all; `on_chunk(iterations done, cost)` in
+    between. `optimizer` (with its state, as a checkpoint restored it) and `start`, the
+    iterations it has done, continue an interrupted run exactly where it stopped.
 
     Returns {"iterations", "evaluations", "converged", "cost"}; "converged" is true when L-BFGS
     stopped before `iterations` on its own tolerance (gradient or cost change). The last call of
     `objective` is at the returned parameters.
     """
     params = list(params)
-    chunk = max(1, min(chunk or iterations, iterations))
-    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=chunk, history_size=history,
-                                  line_search_fn="strong_wolfe")
+    if optimizer is None:
+        chunk = max(1, min(chunk or iterations, iterations))
+        optimizer = full_batch_optimizer(params, history=history, chunk=chunk)
+    chunk = max(1, chunk or optimizer.param_groups[0]["max_iter"])
     closure, memory = cached(params, objective)
-    done, converged, cost = 0, False, math.nan
+    done, converged, cost = start, False, math.nan
     while done < iterations:
         wanted = min(chunk, iterations - done)
         group = optimizer.param_groups[0]
@@ -86,10 +97,10 @@ def minimize(params: Sequence[torch.Tensor], objective: Objective, *, iterations
         optimizer.step(closure)
         now, used = state["n_iter"], state["func_evals"] - evals_before
         cost = float(closure())  # at the accepted point; the next chunk starts from the cache
-        if on_chunk is not None:
-            on_chunk(now, cost)
         converged = now - done < wanted and used < group["max_eval"]
         done = now
+        if on_chunk is not None:
+            on_chunk(now, cost)
         if converged:
             break
     optimizer.zero_grad(set_to_none=True)

@@ -67,9 +67,13 @@ class RunLog:
 
     def __init__(self, config: Config, *, is_root: bool, run_dir: Path | None = None) -> None:
         self.is_root = is_root
+        self.mode = progress_mode(config.progress)
+        self.last_line = 0.0
         self.dir: Path | None = None
         self.metrics: dict[str, Any] = {}
         self.dataset: dict[str, Any] | None = None  # what data.json records; checkpoints too
+        self.steps_before = 0  # steps of the stages before this one: checkpoints are numbered
+        # by the run's step, so their names sort in the order they were written
         self._writer = None
         if not is_root:
             return
@@ -118,15 +122,32 @@ class RunLog:
         return self._writer
 
     def print(self, *args: Any) -> None:
-        if self.is_root:
-            tqdm.write(" ".join(str(a) for a in args), file=sys.stdout)
+        if not self.is_root:
+            return
+        text = " ".join(str(a) for a in args)
+        if self.mode == "bar":
+            tqdm.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
 
     def progress(self, iterable: Iterable, total: int, desc: str) -> Iterator:
-        """A tqdm bar on rank 0 (on stderr), the bare iterable elsewhere."""
-        if not self.is_root:
+        """A tqdm bar on rank 0 (on stderr) in bar mode, the bare iterable otherwise."""
+        if not self.is_root or self.mode != "bar":
             return iter(iterable)
         return iter(tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False,
                          mininterval=1.0, file=sys.stderr))
+
+    def progress_line(self, desc: str, done: int, total: int, rate: float, left_s: float,
+                      cost: float, cost_name: str = "cost") -> None:
+        """In lines mode, one whole line on rank 0's stdout, at most every LINE_SECONDS."""
+        if not self.is_root or self.mode != "lines":
+            return
+        now = time.monotonic()
+        if now - self.last_line < LINE_SECONDS and done < total:
+            return
+        self.last_line = now
+        print(f"{desc}: step {done}/{total} ({100 * done / max(total, 1):.0f}%), {rate:,.0f} "
+              f"samples/s, {clock(left_s)} left, {cost_name} {cost:.4f}", flush=True)
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
         if self.is_root:
@@ -180,6 +201,26 @@ class RunLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+LINE_SECONDS = 10.0  # at most one progress line this often (lines mode)
+
+
+def progress_mode(mode: str) -> str:
+    """bar, lines or none: `auto` is a bar on a terminal, whole lines in logs and pipes."""
+    if mode == "auto":
+        return "bar" if sys.stderr.isatty() else "lines"
+    return mode
+
+
+def clock(seconds: float) -> str:
+    """Seconds as 1:02:03, 2:03 or 3 s."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{minutes}:{secs:02d}" if minutes else f"{secs} s"
 
 
 def _plain(value: Any) -> Any:

@@ -27,6 +27,7 @@ spent waiting in those collectives. Measured costs: results/bench/README.md.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -183,3 +184,12 @@ def settle(optimizer: torch.optim.Optimizer) -> None:
 def blocked_seconds(optimizer: torch.optim.Optimizer) -> float | None:
     """Seconds `optimizer` has waited in its collectives (None for Horovod's own optimizer)."""
     return getattr(optimizer, "sync_seconds", None)
+
+
+def agreement(model: torch.nn.Module, name: str) -> dict[str, Any]:
+    """Whether every rank holds bitwise the same parameters (a collective): a SHA-256 of each
+    rank's, gathered."""
+    flat = torch.cat([p.detach().reshape(-1).double().cpu() for p in model.parameters()])
+    digest = hashlib.sha256(flat.numpy().tobytes()).hexdigest()[:16]
+    digests = [digest] if dist.world_size() == 1 else dist.allgather_object(digest, name=name)
+    return {"identical": len(set(digests)) == 1, "sha256": digests, "ranks": len(digests)}

@@ -124,8 +124,11 @@ BAD_INPUT = {
                                   "is not writable (Not a directory)"),
     "elastic-without-elastic-launcher": (lambda t: ["--elastic"],
                                          "'elastic' is true but the job was started without"),
-    "elastic-for-another-family": (lambda t: ["--model", "sae_mnist", "--elastic"],
-                                   "allowed: elastic training for cnn only"),
+    "elastic-for-another-family": (
+        lambda t: ["--model", "stacked_ae_mnist", "--elastic", "--optimizer", "sgd"],
+        "allowed: elastic training for cnn, sae, rbm, dbn, deep_ae only"),
+    "elastic-with-lbfgs": (lambda t: ["--model", "sae_mnist", "--elastic"],
+                           "is true with optimizer 'lbfgs'"),
     "finetune-batch-larger-than-shard": (
         lambda t: ["--model", "dbn_small", "--train_size", "1000", "--rbm.finetune_batch_size",
                    "5000"], "'rbm.finetune_batch_size' is 5000, larger than a shard of 1000"),

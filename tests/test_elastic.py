@@ -2,6 +2,7 @@
 localhost: a worker removed mid-run leaves the others to finish, a worker added joins the run."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -12,16 +13,29 @@ from procs import BIN, ROOT, job_env, wait_for_file
 pytestmark = pytest.mark.slow
 
 # 40 steps an epoch on 2 ranks, 80 on 1; elastic state committed every 5 steps.
-TRAIN = ["-m", "hvdl.train", "--elastic", "--train_size", "4000", "--batch_size", "50",
-         "--epochs", "4", "--commit_every", "5", "--checkpoint_every", "20"]
+COMMON = ["-m", "hvdl.train", "--elastic", "--train_size", "4000", "--batch_size", "50",
+          "--commit_every", "5", "--checkpoint_every", "20", "--log_every", "10",
+          "--schedule", "constant", "--warmup_epochs", "0"]  # so the rate is lr × ranks exactly
+# Each family small enough for the suite, and slow enough that the removal (horovodrun reads
+# the hosts file every second) comes in the first stage; the stages after it run on one rank.
+FAMILIES = {
+    "cnn": ["--model", "lenet5", "--epochs", "4"],
+    "sae": ["--model", "sae_mnist", "--optimizer", "adam", "--layers", "0,64", "--epochs", "3"],
+    "rbm": ["--model", "rbm_mnist", "--layers", "0,500", "--rbm.pretrain_epochs", "6"],
+    "dbn": ["--model", "dbn_small", "--layers", "0,500,64,0", "--rbm.pretrain_epochs", "3",
+            "--rbm.finetune_epochs", "2"],
+    "deep_ae": ["--model", "deep_ae_mnist", "--layers", "0,500,64,16", "--rbm.pretrain_epochs",
+                "3", "--rbm.finetune_epochs", "2"],
+}
+TRAIN = [*COMMON, *FAMILIES["cnn"]]
 
 
-def start_elastic(np_: int, hosts, results) -> subprocess.Popen:
+def start_elastic(np_: int, hosts, results, train=TRAIN) -> subprocess.Popen:
     """horovodrun in elastic mode, its hosts read from the file `hosts` every second."""
     cmd = [str(BIN / "horovodrun"), "-np", str(np_), "--min-np", "1", "--max-np", "2",
            "--network-interface", "lo",  # one host: without it horovodrun waits for a second
            "--host-discovery-script", str(ROOT / "launch" / "discover-hosts.sh"),
-           sys.executable, *TRAIN, "--results_dir", str(results)]
+           sys.executable, *train, "--results_dir", str(results)]
     return subprocess.Popen(cmd, cwd=ROOT, env=job_env(HVDL_HOSTS_FILE=str(hosts)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -37,38 +51,60 @@ def finish(proc, timeout=240):
     return out
 
 
-def sizes(results):
-    """(world size at the start, [(epoch, world size at its end)]) from the run folder."""
+def stages(results):
+    """(world size at the start, {stage: its epochs' records}) from the run folder."""
     (run_dir,) = list(results.iterdir())
-    history = json.loads((run_dir / "metrics.json").read_text())["train"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     start = json.loads((run_dir / "metadata.json").read_text())["world_size"]
-    return start, [(entry["epoch"], entry["ranks"]) for entry in history]
+    return start, {name: history for name, history in metrics.items()
+                   if isinstance(history, list) and history and isinstance(history[0], dict)
+                   and "ranks" in history[0]}
 
 
-def test_removing_a_slot_mid_training_lets_the_run_finish_on_one_rank(tmp_path):
-    """Test that dropping one of two slots mid-run resets to 1 rank and the run completes."""
+def check_epochs(history):
+    """Every epoch ends with one model on every rank, and steps that follow the world size."""
+    steps = 0
+    for entry in history:
+        assert entry["parameters_identical"], entry
+        assert entry["steps_an_epoch"] == {1: 80, 2: 40}[entry["ranks"]], entry
+        assert entry["step"] > steps, history  # the step count carries on across a reset
+        steps = entry["step"]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_removing_a_slot_mid_training_lets_the_run_finish_on_one_rank(tmp_path, family):
+    """Test that dropping one of two slots mid-run resets to 1 rank, with the shards dealt again
+    and the rate scaled down, and the run completes, for each minibatch family."""
     hosts, results = tmp_path / "hosts", tmp_path / "runs"
     hosts.write_text("localhost:2\n")
-    proc = start_elastic(2, hosts, results)
+    proc = start_elastic(2, hosts, results, [*COMMON, *FAMILIES[family]])
     wait_for_file("*/checkpoints/step-*.pt", results, proc, timeout=180)
     hosts.write_text("localhost:1\n")
     out = finish(proc)
-    start, history = sizes(results)
-    assert [e for e, _ in history] == [1, 2, 3, 4], history
-    assert start == 2 and history[-1][1] == 1, (start, history)
-    assert "hvdl: elastic: 2 rank(s)" in out
-    assert "hvdl: elastic: 1 rank(s)" in out  # the reset, with the learning rate it now uses
+    start, found = stages(results)
+    first, *later = found.values()
+    assert start == 2 and first[-1]["ranks"] == 1, (start, found)
+    assert all(e["ranks"] == 1 for history in later for e in history), found
+    for history in found.values():
+        check_epochs(history)
+    assert ", 40 steps an epoch, lr x" in out  # the start, on two ranks
+    assert re.search(r"elastic: 1 rank\(s\), \w+ epoch \d+, step \d+, 80 steps an epoch, "
+                     r"lr x1\b", out), out[-3000:]  # the reset: shards and rate for one rank
 
 
 def test_adding_a_slot_mid_training_lets_a_new_worker_join(tmp_path):
-    """Test that a slot added mid-run starts a worker that joins, and the run completes on 2."""
+    """Test that a slot added mid-run starts a worker that joins with rank 0's model, and the run
+    completes on 2 ranks at the doubled rate."""
     hosts, results = tmp_path / "hosts", tmp_path / "runs"
     hosts.write_text("localhost:1\n")
     proc = start_elastic(1, hosts, results)
     wait_for_file("*/checkpoints/step-*.pt", results, proc, timeout=180)
     hosts.write_text("localhost:2\n")
     out = finish(proc)
-    start, history = sizes(results)
-    assert [e for e, _ in history] == [1, 2, 3, 4], history
-    assert start == 1 and history[-1][1] == 2, (start, history)
-    assert "hvdl: elastic: 1 rank(s)" in out and "hvdl: elastic: 2 rank(s)" in out
+    start, found = stages(results)
+    history = found["train"]
+    assert [e["epoch"] for e in history] == [1, 2, 3, 4], history
+    assert start == 1 and history[-1]["ranks"] == 2, (start, history)
+    check_epochs(history)
+    assert re.search(r"elastic: 2 rank\(s\), train epoch \d+, step \d+, 40 steps an epoch, "
+                     r"lr x2\b", out), out[-3000:]

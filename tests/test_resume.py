@@ -138,3 +138,40 @@ def test_a_streamed_run_stopped_and_resumed_mid_epoch_ends_as_an_uninterrupted_o
     assert 0 < stopped["batch"] < 40, "not stopped mid-epoch"
     check_job(1, [*cut, "--resume"], "python", timeout=180)
     assert_same_weights(newest_checkpoint(tmp_path / "cut"), weights["stream"])
+
+
+@pytest.mark.slow
+def test_sigusr1_stops_after_a_checkpoint_like_sigterm(tmp_path, uninterrupted):
+    """Test that SIGUSR1 (what Slurm sends before the time limit) saves, exits 0, and resumes to
+    the uninterrupted weights."""
+    proc = start_job(1, [*RUN, "--results_dir", str(tmp_path)], "python")
+    wait_for_file("*/checkpoints/step-000000010.pt", tmp_path, proc, timeout=120)
+    proc.send_signal(signal.SIGUSR1)
+    status, out, err = finish(proc)
+    assert status == 0 and "stopped by SIGUSR1" in out, err[-3000:]
+    check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume"], "python", timeout=180)
+    assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
+
+
+@pytest.mark.slow
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    """Test that keep_checkpoints prunes the older checkpoints and keeps the newest."""
+    check_job(1, [*RUN, "--epochs", "1", "--checkpoint_every", "5", "--keep_checkpoints", "3",
+                  "--results_dir", str(tmp_path)], "python", timeout=180)
+    (run_dir,) = list(tmp_path.iterdir())
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
+    assert kept == ["step-000000030.pt", "step-000000035.pt", "step-000000040.pt"]
+
+
+@pytest.mark.slow
+def test_resume_auto_looks_at_the_newest_run_folder_only(tmp_path):
+    """Test that `--resume auto` starts afresh when the newest run of the recipe has no
+    checkpoint, even if an older run has one."""
+    check_job(1, [*RUN, "--epochs", "1", "--results_dir", str(tmp_path)], "python", timeout=180)
+    (older,) = list(tmp_path.iterdir())
+    newer = tmp_path / "29990101-000000-lenet5"  # a later run that died before its first one
+    (newer / "checkpoints").mkdir(parents=True)
+    (newer / "config.toml").write_text((older / "config.toml").read_text())
+    out = check_job(1, [*RUN, "--epochs", "1", "--max_steps", "2", "--results_dir",
+                        str(tmp_path), "--resume", "auto"], "python", timeout=180)
+    assert "no checkpoint to resume" in out and "resumed from" not in out

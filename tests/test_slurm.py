@@ -87,33 +87,6 @@ def test_sbatch_trains_on_two_ranks_and_writes_a_complete_run_folder(cluster, tm
     assert sorted(r["rank"] for r in meta["inventory"]) == [0, 1], output
 
 
-# A stand-in for `python -m hvdl.train`, put first on PATH by an HVDL_ENV site file: it reports
-# its argv and waits for SIGUSR1 (hvdl saves and exits on it), or exits at once when requeued.
-STAND_IN = """\
-import os, signal, sys, time
-rank = os.environ["SLURM_PROCID"]
-def save_and_exit(signum, frame):
-    print(f"stand-in: rank {rank} got {signal.Signals(signum).name}", flush=True)
-    sys.exit(0)
-signal.signal(signal.SIGUSR1, save_and_exit)
-print(f"stand-in: rank {rank} argv {sys.argv[1:]}", flush=True)
-if os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
-    time.sleep(120)
-"""
-
-
-def write_stand_in(folder: Path) -> Path:
-    """A site file for HVDL_ENV that makes `python -m hvdl.train` run the stand-in."""
-    (folder / "bin").mkdir()
-    (folder / "stand_in.py").write_text(STAND_IN)
-    python = folder / "bin" / "python"
-    python.write_text(f'#!/bin/bash\nexec {sys.executable} {folder}/stand_in.py "${{@:3}}"\n')
-    python.chmod(0o755)
-    site = folder / "site.sh"
-    site.write_text(f'export PATH={folder}/bin:"$PATH"\n')
-    return site
-
-
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -123,30 +96,39 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_time_limit_signal_checkpoints_requeues_and_resumes(cluster, tmp_path):
-    """Test that USR1 to the batch shell reaches every task, then the requeued job resumes."""
+    """Test that USR1 to the batch shell (Slurm's warning before the time limit) makes both
+    ranks of the real trainer stop after a checkpoint, and the requeued job resumes from that
+    checkpoint and finishes."""
     name = f"hvdl-test-{uuid.uuid4().hex[:8]}"
+    runs = tmp_path / "runs"
+    args = ["--model", "lenet5", "--train_size", "20000", "--epochs", "2", "--batch_size", "50",
+            "--checkpoint_every", "10", "--results_dir", str(runs)]
     cmd = ["sbatch", "--parsable", f"--job-name={name}", *TWO_TASKS,
-           f"--output={tmp_path}/%x-%j.out", "slurm/train.sh", "--model", "lenet5"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=job_env(HVDL_ENV=str(write_stand_in(tmp_path))),
+           f"--output={tmp_path}/%x-%j.out", "slurm/train.sh", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=job_env(HVDL_VENV=str(Path(sys.executable).parent
+                                                                   .parent)),
                           capture_output=True, text=True, timeout=60, check=True)
     job_id = proc.stdout.strip().split(";")[0]
     output = tmp_path / f"{name}-{job_id}.out"
     text = lambda: output.read_text() if output.exists() else ""  # noqa: E731
     try:
-        wait_for(lambda: text().count("argv ['--model'") == 2, 120, "both tasks to start")
+        wait_for(lambda: list(runs.glob("*/checkpoints/step-*.pt")), 240, "a checkpoint")
         # What Slurm does 120 s before the time limit (--signal=B:USR1@120).
         slurm("scancel", "--signal=USR1", "--batch", job_id)
-        wait_for(lambda: "Restarts=1" in slurm("scontrol", "show", "job", job_id).stdout, 60,
+        wait_for(lambda: "Restarts=1" in slurm("scontrol", "show", "job", job_id).stdout, 120,
                  "the job to be requeued")
         # A requeued job waits about two minutes before it is eligible; start it now instead.
         slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-        wait_for(lambda: job_state(job_id) in ("COMPLETED", "FAILED", "CANCELLED"), 120,
+        wait_for(lambda: job_state(job_id) in ("COMPLETED", "FAILED", "CANCELLED"), 300,
                  "the requeued job to finish")
     finally:
         slurm("scancel", job_id)  # no-op when it has finished
     log = text()
     assert job_state(job_id) == "COMPLETED", log
-    for rank in (0, 1):
-        assert f"stand-in: rank {rank} got SIGUSR1" in log, log
-        assert f"stand-in: rank {rank} argv ['--resume', 'auto', '--model', 'lenet5']" in log, log
-    assert "start 2," in log, log
+    stopped = re.search(r"stopped by SIGUSR1 after step (\d+)", log)
+    assert stopped and "start 2," in log, log
+    (run_dir,) = runs.glob("*-lenet5")
+    saved = run_dir / "checkpoints" / f"step-{int(stopped.group(1)):09d}.pt"
+    assert f"resumed from {saved}" in log, log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["train"]] == [1, 2] and metrics["stops"], metrics

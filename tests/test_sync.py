@@ -62,6 +62,11 @@ def test_training_with_parameter_averaging_k1_matches_the_default(tmp_path):
         weights[name] = final_weights(tmp_path / name)
     for key, w in weights["allreduce"].items():
         torch.testing.assert_close(weights["average"][key], w, rtol=0, atol=1e-6, msg=key)
+    # The flag reaches the optimizer: averaging every 4 steps ends elsewhere.
+    check_job(2, ["-m", "hvdl.train", *common, "--perf.sync", "average", "--perf.sync_every",
+                  "4", "--results_dir", str(tmp_path / "every4")])
+    every4 = final_weights(tmp_path / "every4")
+    assert any((every4[k] - w).abs().max() > 1e-4 for k, w in weights["allreduce"].items())
 
 
 @pytest.mark.slow
@@ -88,21 +93,29 @@ def test_config_accepts_the_sync_modes_and_rejects_others():
 
 @pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu(tmp_path):
-    """Test that --perf.bf16 trains LeNet-5 on CPU (autocast to bfloat16) to a finite cost."""
-    check_job(1, ["-m", "hvdl.train", *TINY, "--perf.bf16", "--results_dir", str(tmp_path)],
-              "python")
-    (run_dir,) = list(tmp_path.iterdir())
+    """Test that --perf.bf16 trains LeNet-5 on CPU to a finite cost, and differently from float32
+    (so the autocast took effect)."""
+    for name, extra in (("bf16", ["--perf.bf16"]), ("fp32", [])):
+        check_job(1, ["-m", "hvdl.train", *TINY, *extra, "--results_dir", str(tmp_path / name)],
+                  "python")
+    (run_dir,) = list((tmp_path / "bf16").iterdir())
     history = json.loads((run_dir / "metrics.json").read_text())["train"]
     assert history and all(torch.isfinite(torch.tensor(e["train_cost"])) for e in history)
+    bf16, fp32 = final_weights(tmp_path / "bf16"), final_weights(tmp_path / "fp32")
+    assert any(not torch.equal(bf16[k], fp32[k]) for k in fp32)
 
 
 @pytest.mark.slow  # inductor compiles C++: about 20 s on the 2-core CPU
 def test_compile_trains_and_keeps_checkpoint_keys(tmp_path):
-    """Test that --perf.compile trains and checkpoints under the uncompiled parameter names."""
-    check_job(1, ["-m", "hvdl.train", *TINY, "--perf.compile", "--results_dir", str(tmp_path)],
-              "python", timeout=900)
-    weights = final_weights(tmp_path)
+    """Test that --perf.compile compiles the model (inductor writes its kernels) and trains,
+    checkpointing under the uncompiled parameter names."""
+    cache = tmp_path / "inductor"
+    check_job(1, ["-m", "hvdl.train", *TINY, "--perf.compile", "--results_dir",
+                  str(tmp_path / "runs")], "python", timeout=900,
+              TORCHINDUCTOR_CACHE_DIR=str(cache))
+    weights = final_weights(tmp_path / "runs")
     assert "features.0.weight" in weights and not any("_orig_mod" in k for k in weights)
+    assert any(p.suffix in (".py", ".so", ".cpp") for p in cache.rglob("*")), "nothing compiled"
 
 
 @pytest.mark.gpu
@@ -110,3 +123,15 @@ def test_compile_trains_and_keeps_checkpoint_keys(tmp_path):
 def test_fused_training_step_does_not_synchronise_host_and_gpu():
     """Test that a fused-gradient step (bf16 autocast) on the GPU makes no host-device sync."""
     check_job(1, ["tests/jobs/gpu_step.py"], "python")
+
+
+@pytest.mark.slow
+def test_fusion_threshold_and_cycle_time_reach_horovod(tmp_path):
+    """Test that perf.fusion_threshold_mb and perf.cycle_time_ms are in the ranks' environment
+    as Horovod starts (HOROVOD_FUSION_THRESHOLD, HOROVOD_CYCLE_TIME), as the run records."""
+    check_job(2, ["-m", "hvdl.train", *TINY, "--perf.fusion_threshold_mb", "7",
+                  "--perf.cycle_time_ms", "0.5", "--results_dir", str(tmp_path)])
+    (run_dir,) = list(tmp_path.iterdir())
+    knobs = json.loads((run_dir / "metadata.json").read_text())["horovod"]
+    assert knobs["HOROVOD_FUSION_THRESHOLD"] == str(7 * 1024 * 1024)
+    assert knobs["HOROVOD_CYCLE_TIME"] == "0.5"

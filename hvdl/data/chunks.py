@@ -18,8 +18,8 @@ A dataset is a list of files, each a run of rows (examples), in sorted file orde
    chunk at each end (together, the rank's *pieces*). Shards are disjoint, cover the split and
    differ in size by at most one row; more ranks than chunks is fine, more ranks than rows is not.
    A rank opens and reads only its pieces.
-5. **Steps.** Every rank takes ⌊⌊n/N⌋ / batch⌋ full batches per epoch, so the collectives stay in
-   step.
+5. **Steps.** Every rank takes ⌊⌊n/N⌋ / batch⌋ full batches per epoch, so the collectives
+   stay in step.
 6. **Epoch order.** Each epoch a rank permutes its pieces (from seed, rank and epoch), groups
    consecutive pieces into *windows* of at most `window_rows` rows (half of `data.buffer_mb`), and
    permutes the rows within each window. Batches are consecutive runs of that order. The rows left

@@ -37,7 +37,7 @@ from hvdl.data.chunks import Order, Piece
 from hvdl.data.patches import PatchSource
 from hvdl.data.prepare import Classes, Scale, Survey, check, merge, vocabulary
 from hvdl.data.record import record, startup_line
-from hvdl.data.shard import DeviceShard, Shard
+from hvdl.data.shard import DeviceShard, Shard, Shards
 from hvdl.data.source import DataError, Source, default_cache
 from hvdl.data.splits import (Plan, Sharing, announce_copies, check_sizes, count_records,
                               node_copies, open_splits, plan, served_shape, stored_shape)
@@ -57,6 +57,12 @@ class Data:
     shape: tuple[int, ...]  # one example as the shards serve it
     classes: tuple[Any, ...] | None  # the label vocabulary, None when unlabelled
     info: dict[str, Any]
+    reload: Callable[[Context], tuple[Shard, Shard | None]] | None = None  # the same, dealt again
+    dealt: tuple[int, int] | None = None  # (rank, world size) the shards were dealt for
+
+    def shards(self) -> Shards:
+        """The training and test shards, dealt again on a new world (elastic training)."""
+        return Shards(self.train, self.test, self.reload, self.dealt)
 
     @property
     def picture(self) -> tuple[int, int] | None:
@@ -192,8 +198,8 @@ class Split:
     hold: bool  # held on the device, else streamed
 
 
-def open_data(config: Config, ctx: Context, sharing: Sharing,
-              labels: bool) -> tuple[Source, Plan]:
+def open_data(config: Config, ctx: Context, sharing: Sharing, labels: bool,
+              whole: bool) -> tuple[Source, Plan]:
     """The training source and the plan of who reads what (the test source is in the plan)."""
     spec = config.data
     cache, made = Path(spec.cache_dir) if spec.cache_dir else default_cache(), []
@@ -207,7 +213,7 @@ def open_data(config: Config, ctx: Context, sharing: Sharing,
         raise DataError(f"family {config.family!r} needs labels and the data has none; allowed: "
                         "data.label naming the label column, HDF5 key, label file or image "
                         "folder level")
-    return train, sharing.agree(lambda: plan(config, train, test), "data.plan")
+    return train, sharing.agree(lambda: plan(config, train, test, whole), "data.plan")
 
 
 def split_shard(split: Split, found: tuple[Survey, torch.Tensor | None, list], sharing: Sharing,
@@ -227,20 +233,25 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
 
     labels: the family needs labels; images: examples as (C, H, W); held: the family needs the
     whole shard in memory (full-batch training); given: a checkpoint's data record, whose
-    classes and normalisation are used instead of new ones; splits: which shards to build.
+    classes and normalisation are used instead of new ones; splits: which shards to build,
+    "train" and "test", or "all": every row of data.path in file order, nothing held out, as
+    the training shard in storage order (what `hvdl encode` reads).
     """
     started, rss_before = time.perf_counter(), rss_mb()
     sharing, spec = Sharing(ctx), config.data
-    source, p = open_data(config, ctx, sharing, labels)
+    whole = "all" in splits
+    splits = ("train",) if whole else splits
+    source, p = open_data(config, ctx, sharing, labels, whole)
     layout = stored_shape(config, source)
     shape, features = served_shape(layout, images), source.features
     n_train = chunks.total(p.train)
-    if "train" in splits:
+    if "train" in splits and not whole:
         check_sizes(n_train, ctx, config.batch_size)
     mine = chunks.deal(p.train, ctx.rank, ctx.size) if "train" in splits else []
     mine_test = chunks.deal(p.test, ctx.rank, ctx.size) if "test" in splits and p.test else []
     if isinstance(source, PatchSource):  # its normalisation spans every drawn patch
-        every = mine + mine_test if sharing.collective else p.train + p.test
+        every = (chunks.deal(p.train, ctx.rank, ctx.size) + chunks.deal(p.test, ctx.rank, ctx.size)
+                 if sharing.collective else p.train + p.test)
         source.prepare(every, sharing.reduce_sum)
     hold = decide(config, ctx, sharing, chunks.total(mine) * features * 4, held)
     train = Split(source, mine, p.train, hold)
@@ -261,9 +272,11 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
     built = dict(scale=scale, classes=classes, shape=shape)
     train_shard = test_shard = test_found = None
     if "train" in splits:
-        train_shard = split_shard(train, found, sharing, **built, batch_size=config.batch_size,
-                                  order=Order(tuple(q.rows for q in mine), window, config.seed,
-                                              ctx.rank), epoch_rows=n_train // ctx.size)
+        order = Order(tuple(q.rows for q in mine), window, config.seed, ctx.rank,
+                      shuffle=not whole)
+        train_shard = split_shard(train, found, sharing, **built,
+                                  batch_size=EVAL_BATCH if whole else config.batch_size,
+                                  order=order, epoch_rows=n_train // ctx.size)
     if test.mine:
         test_found = read_split(test, sharing, shape=layout, moments=False, name="test")
         check(test_found[0], "test")
@@ -280,8 +293,13 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
     if run is not None:
         run.record_data(info)
         run.print(startup_line(info, ctx))
+    def reload(new: Context) -> tuple[Shard, Shard | None]:
+        again = load(config, new, labels=labels, images=images, held=held, given=info,
+                     splits=("all",) if whole else splits)
+        return again.train, again.test
+
     return Data(train_shard, test_shard, features, shape, classes.names if classes else None,
-                info)
+                info, reload, (ctx.rank, ctx.size))
 
 
 def fit_layers(config: Config, data: Data) -> Config:

@@ -170,7 +170,7 @@ def global_std(p: np.ndarray, reduce_sum: Reduce) -> float:
 
 @dataclass(frozen=True)
 class ZCA:
-    """x_ZCA = (x − μ) U diag(1/sqrt(S + ε)) Uᵀ, with U S Uᵀ the covariance over all ranks."""
+    """x_ZCA = (x − μ) U diag(1/sqrt(S + ε)) Uᵀ, U S Uᵀ the covariance over all ranks."""
 
     mean: np.ndarray  # (n,)
     matrix: np.ndarray  # (n, n)

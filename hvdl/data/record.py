@@ -15,7 +15,8 @@ from hvdl.dist import Context
 
 
 def record(config: Config, source: Source, p: Plan, *, shape: tuple[int, ...],
-           layout: tuple[int, ...], classes: Classes | None, scale: Scale, found: Survey, test_found: Survey | None,
+           layout: tuple[int, ...], classes: Classes | None, scale: Scale, found: Survey,
+           test_found: Survey | None,
            hold: bool, budget_bytes: int, pieces: list, memory: list,
            seconds: float) -> dict[str, Any]:
     """What data.json records of the dataset and of how it was shared out."""

@@ -17,6 +17,8 @@ so `steps` = epoch_rows // batch_size is the same on every rank (hvdl/data/chunk
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -138,3 +140,40 @@ class DeviceShard(Shard):
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.x, self.y
+
+
+Reload = Callable[[Any], tuple[Shard, "Shard | None"]]  # a world's context -> (train, test)
+
+
+@dataclass
+class Shards:
+    """A rank's training and test shards; `refresh` deals them again when elastic training
+    changes the world (the stages' closures read `train` and `test` when they run)."""
+
+    train: Shard
+    test: Shard | None = None
+    reload: Reload | None = None
+    dealt: tuple[int, int] | None = None  # (rank, world size) they were dealt for
+
+    def refresh(self, ctx: Any) -> None:
+        """Deal them for `ctx`'s rank and world size, unless they already are."""
+        if self.reload is not None and self.dealt != (ctx.rank, ctx.size):
+            self.train, self.test = self.reload(ctx)
+            self.dealt = (ctx.rank, ctx.size)
+
+    def derived(self, train: Callable[[Shard], Shard],
+                test: Callable[[Shard], Shard] | None = None) -> Shards:
+        """New shards made from these by `train` (and `test`, default the same), dealt again
+        the same way after a refresh."""
+        test = test or train
+
+        def again(ctx: Any) -> tuple[Shard, Shard | None]:
+            self.refresh(ctx)
+            return train(self.train), (None if self.test is None else test(self.test))
+
+        return Shards(train(self.train), None if self.test is None else test(self.test),
+                      again if self.reload is not None else None, self.dealt)
+
+    def mapped(self, fn: Map) -> Shards:
+        """Each example of both shards through `fn` (the next RBM's data, say)."""
+        return self.derived(lambda s: s.mapped(fn))

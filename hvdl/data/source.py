@@ -222,7 +222,7 @@ def decompress(path: Path, folder: Path) -> Path:
 
 
 def default_cache() -> Path:
-    return Path(tempfile.gettempdir()) / "hvdl"
+    return Path(tempfile.gettempdir()) / "hvdl-cache"
 
 
 def open_source(spec: Spec, *, local: Local | None = None, **options: Any) -> Source:

@@ -125,7 +125,9 @@ class Plan:
     test_source: Source | None
 
 
-def plan(config: Config, train: Source, test: Source | None) -> Plan:
+def plan(config: Config, train: Source, test: Source | None, whole: bool = False) -> Plan:
+    """Cut the training source, permute and hold out (hvdl/data/chunks.py); `whole`: every row
+    of it in file order, nothing held out (to encode a dataset)."""
     file_rows = train.file_rows
     if config.train_size:
         if config.train_size > train.rows:
@@ -133,7 +135,10 @@ def plan(config: Config, train: Source, test: Source | None) -> Plan:
                               f"set has {train.rows}; allowed: 0 (all) to {train.rows}")
         file_rows = chunks.limit(file_rows, config.train_size)
     rows_per_chunk = chunks.chunk_rows(train.features, config.data.chunk_mb, sum(file_rows))
-    order = chunks.permute(chunks.cut(file_rows, rows_per_chunk), config.seed)
+    order = chunks.cut(file_rows, rows_per_chunk)
+    if whole:
+        return Plan(rows_per_chunk, len(order), order, [], None)
+    order = chunks.permute(order, config.seed)
     if test is None and config.data.test_fraction:
         kept, held = chunks.hold_out(order, config.data.test_fraction)
         if not held:

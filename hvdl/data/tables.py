@@ -131,7 +131,8 @@ class CsvSource(Source):
 
     def parse(self, i: int, start: int, data: bytes, *, columns: list[str],
               types: bool = True) -> Any:
-        """pyarrow's table of `data` (split `i`, from byte `start`), or DataError locating why not."""
+        """pyarrow's table of `data` (split `i`, from byte `start`), or a DataError saying why
+        not."""
         import pyarrow as pa
         import pyarrow.csv as pacsv
 

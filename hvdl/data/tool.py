@@ -39,6 +39,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
             sub.add_argument("--to", choices=FILE_FORMATS, help="format of DST (default: its "
                              "name's)")
             sub.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+            sub.add_argument("--keep-labels", default="", metavar="A,B,...",
+                             help="write only the rows with these labels")
         sub.add_argument("--format", default="", help="format of PATH (default: its name's)")
         sub.add_argument("--label", default="", help="label column, key, file or folder level")
         sub.add_argument("--features", default="", help="comma-separated columns or the key")
@@ -144,22 +146,36 @@ def target_format(args: argparse.Namespace) -> str:
     return fmt
 
 
-def label_dtype(source: Source, pieces: list[chunks.Piece]) -> np.dtype | None:
-    """The labels' stored type; strings get the width of the longest (one pass, labels only)."""
+def kept(y: np.ndarray | None, keep: set[str]) -> np.ndarray | slice:
+    """The rows `--keep-labels` keeps (all of them without it)."""
+    if not keep or y is None:
+        return slice(None)
+    return np.isin(label_keys(y), sorted(keep))
+
+
+def label_dtype(source: Source, pieces: list[chunks.Piece],
+                keep: set[str]) -> tuple[np.dtype | None, int]:
+    """The labels' stored type (strings get the width of the longest) and the rows kept: one
+    pass over the labels alone."""
     if not source.labelled:
-        return None
+        if keep:
+            raise DataError("--keep-labels needs labels; allowed: --label naming them")
+        return None, source.rows
     kinds = [np.asarray(source.labels(p)) for p in pieces]
+    rows = sum(len(k[kept(k, keep)]) for k in kinds)
     if all(k.dtype.kind in "biuf" for k in kinds):
-        return np.result_type(*[k.dtype for k in kinds])
+        return np.result_type(*[k.dtype for k in kinds]), rows
     width = max(max((len(str(v)) for v in k), default=1) for k in kinds)
-    return np.dtype(f"<U{width}")
+    return np.dtype(f"<U{width}"), rows
 
 
-def convert(source: Source, args: argparse.Namespace) -> list[Path]:
+def convert(source: Source, args: argparse.Namespace) -> tuple[list[Path], int]:
     fmt = target_format(args)  # written in blocks of chunk_mb (a Parquet row group each)
     pieces = chunks.cut(source.file_rows, chunks.block_rows(source.features, args.chunk_mb))
-    layout = Layout(rows=source.rows, shape=tuple(source.shape), dtype=np.dtype(source.dtype),
-                    names=source.feature_names(), label_dtype=label_dtype(source, pieces))
+    keep = {k.strip() for k in args.keep_labels.split(",") if k.strip()}
+    labels, rows = label_dtype(source, pieces, keep)
+    layout = Layout(rows=rows, shape=tuple(source.shape), dtype=np.dtype(source.dtype),
+                    names=source.feature_names(), label_dtype=labels)
     targets = [args.dst] + ([label_path(args.dst)] if layout.label_dtype is not None
                             and fmt in ("npy", "idx") else [])
     for target in targets:
@@ -172,11 +188,12 @@ def convert(source: Source, args: argparse.Namespace) -> list[Path]:
     try:
         for piece in pieces:
             x, y = source.read(piece)
-            writer.write(x.astype(layout.dtype, copy=False), y)
+            rows = kept(y, keep)
+            writer.write(x[rows].astype(layout.dtype, copy=False), None if y is None else y[rows])
     except BaseException:
         writer.abort()
         raise
-    return writer.commit()
+    return writer.commit(), layout.rows
 
 
 def training_options(fmt: str, written: list[Path], labelled: bool) -> str:
@@ -196,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             print("\n".join(inspect_lines(source, args)))
         else:
-            written = convert(source, args)
+            written, rows = convert(source, args)
             fmt = target_format(args)
-            print(f"hvdl data: wrote {source.rows:,} rows to {', '.join(map(str, written))}; "
+            print(f"hvdl data: wrote {rows:,} rows to {', '.join(map(str, written))}; "
                   f"train on it with {training_options(fmt, written, source.labelled)}")
         source.close()
     except BadInput as err:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hvdl import elastic, engine, metrics
+from hvdl import engine, metrics
 from hvdl.config import Config
 from hvdl.data import dataset
 from hvdl.data.shard import Shard
@@ -42,18 +42,10 @@ def train(config: Config, ctx: Context, run: RunLog,
     """Train LeNet-5 for `config.epochs`, evaluating on the test split after each epoch."""
     data = dataset.load(config, ctx, run, labels=True, images=True)
     model = build_classifier(config, ctx, data.info)
-    classes = data.classes
+    shards = data.shards()  # read by evaluate when it runs: elastic training deals them again
     loss = partial(F.cross_entropy, label_smoothing=config.label_smoothing)
     stage = engine.Stage(
         name="train", model=model, loss=loss, epochs=config.epochs, lr=config.lr,
-        evaluate=(lambda: evaluate(model, data.test, classes)) if data.test else None)
-    if config.elastic:  # workers come and go: the elastic loop deals the shards again each time
-        def shards(ctx: Context) -> tuple[Shard, Shard | None]:
-            again = dataset.load(config, ctx, labels=True, images=True, given=data.info)
-            return again.train, again.test
-
-        final = elastic.fit(stage, shards, lambda test: evaluate(model, test, classes), config,
-                            ctx, run, state=state)
-    else:
-        final = engine.fit(stage, data.train, config, ctx, run, state=state)
+        evaluate=(lambda: evaluate(model, shards.test, data.classes)) if data.test else None)
+    final = engine.fit(stage, shards, config, ctx, run, state=state)
     return final.get("test") or {}

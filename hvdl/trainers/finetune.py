@@ -17,43 +17,51 @@ import torch.nn.functional as F
 
 from hvdl import checkpoint, engine, metrics
 from hvdl.config import Config
-from hvdl.data.shard import Shard
+from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
 from hvdl.models import rbm as rbm_models
 from hvdl.models.pca import fit_pca, squared_error
 from hvdl.models.rbm import RBM
 from hvdl.runlog import RunLog
 
-CHUNK = 1000  # examples per forward pass when fitting PCA
 
 
-def finetune_classifier(rbms: list[RBM], train_shard: Shard, test_shard: Shard | None,
-                        config: Config, ctx: Context, run: RunLog,
-                        state: dict[str, Any] | None, names: Any = None) -> dict[str, Any]:
+def finetune_classifier(rbms: list[RBM], shards: Shards, config: Config, ctx: Context,
+                        run: RunLog, state: dict[str, Any] | None, names: Any = None,
+                        done: dict[str, Any] | None = None) -> dict[str, Any]:
     """Softmax on top of the pretrained stack, trained alone for `rbm.top_epochs` if asked, then
-    the whole net fine-tuned by backprop; `names` are the classes' (the data's labels)."""
+    the whole net fine-tuned by backprop on the training shard, evaluated on the test shard;
+    `names` are the classes' (the data's labels), `done` the weights of the stages before,
+    which checkpoints carry."""
     classes = config.layers[-1]
     generator = torch.Generator().manual_seed(config.seed + 1)
     model = rbm_models.classifier(rbms, classes, generator=generator).to(ctx.device)
+    done = dict(done or {})
 
     def stage(name: str, epochs: int) -> engine.Stage:
         return engine.Stage(
             name=name, model=model, loss=F.cross_entropy, epochs=epochs,
-            lr=config.rbm.finetune_lr,
-            evaluate=None if test_shard is None else
-            lambda: metrics.evaluate_classifier(model, test_shard.scan(), names or classes,
+            lr=config.rbm.finetune_lr, carry=lambda: done,
+            evaluate=None if shards.test is None else
+            lambda: metrics.evaluate_classifier(model, shards.test.scan(), names or classes,
                                                 name=f"{name}.eval"))
 
-    if config.rbm.top_epochs and state is None:  # a resumed `finetune` has done this stage
-        lower = [p for layer in model[:-1] for p in layer.parameters()]
-        for p in lower:
-            p.requires_grad_(False)
-        engine.fit(stage("finetune_top", config.rbm.top_epochs), train_shard, config, ctx, run)
-        for p in lower:
-            p.requires_grad_(True)
+    if config.rbm.top_epochs:
+        saved = engine.completed("finetune_top", state)
+        if saved is not None:
+            model.load_state_dict(saved)
+        else:
+            lower = [p for layer in model[:-1] for p in layer.parameters()]
+            for p in lower:
+                p.requires_grad_(False)
+            engine.fit(stage("finetune_top", config.rbm.top_epochs), shards, config, ctx, run,
+                       state=state)
+            for p in lower:
+                p.requires_grad_(True)
         checkpoint.save_stage(run, "finetune_top", model, config)
-    final = engine.fit(stage("finetune", config.rbm.finetune_epochs), train_shard, config, ctx,
-                       run, state=state)
+        done["finetune_top"] = model.state_dict()
+    final = engine.fit(stage("finetune", config.rbm.finetune_epochs), shards, config, ctx, run,
+                       state=state)
     checkpoint.save_stage(run, "finetune", model, config)
     test = final.get("test", {})
     for line in classification_report(test):
@@ -82,17 +90,24 @@ def test_reconstruction(model: rbm_models.DeepAutoencoder, test: Shard) -> dict[
                                            "finetune.eval.sq")}
 
 
-def finetune_autoencoder(rbms: list[RBM], train_shard: Shard, test_shard: Shard,
-                         config: Config, ctx: Context, run: RunLog,
-                         state: dict[str, Any] | None) -> dict[str, Any]:
-    """Unroll the stack, fine-tune on cross-entropy, compare with PCA of the same code size."""
+def finetune_autoencoder(rbms: list[RBM], shards: Shards, config: Config, ctx: Context,
+                         run: RunLog, state: dict[str, Any] | None,
+                         done: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Unroll the stack, fine-tune on cross-entropy, compare with PCA of the same code size;
+    without test data, the figures are the training set's."""
     model = rbm_models.unroll(rbms)
-    before = test_reconstruction(model, test_shard)["squared_error"]
+
+    def held() -> Shard:  # read when evaluating: elastic training deals the shards again
+        return shards.test or shards.train
+
+    before = test_reconstruction(model, held())["squared_error"]
     run.print(f"unrolled autoencoder before fine-tuning: test squared error {before:.3f}")
     stage = engine.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
                          epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
-                         evaluate=lambda: test_reconstruction(model, test_shard))
-    final = engine.fit(stage, train_shard, config, ctx, run, state=state)
+                         evaluate=lambda: test_reconstruction(model, held()),
+                         carry=lambda: dict(done or {}))
+    final = engine.fit(stage, shards, config, ctx, run, state=state)
+    train_shard, test_shard = shards.train, held()
     checkpoint.save_stage(run, "finetune", model, config)
     # The last epoch's evaluation is the final figure (none when there are no epochs).
     after = (final.get("test") or test_reconstruction(model, test_shard))["squared_error"]

@@ -24,17 +24,17 @@ Reference and measured results: hvdl/models/rbm.py, results/rbm/README.md.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from hvdl import checkpoint, dist, engine, sync, viz
+from hvdl import checkpoint, dist, engine, viz
 from hvdl import config as configlib
+from hvdl.checkpointer import RankState
 from hvdl.config import Config
 from hvdl.data import dataset
-from hvdl.data.shard import Shard
+from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
 from hvdl.models import rbm as rbm_models
 from hvdl.models.rbm import RBM
@@ -48,34 +48,33 @@ MAX_FILTERS = 256  # filters shown in a stage's picture
 def train(config: Config, ctx: Context, run: RunLog,
           state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain the stack (or load a saved one), then fine-tune it (dbn, deep_ae); returns the
-    final figures."""
+    final figures. `state` resumes in the stage it was written in, the stages before it
+    taken from the weights it carries."""
     data = dataset.load(config, ctx, run, labels=config.family == "dbn")
     config = dataset.fit_layers(config, data)
     rbms = build_stack(config, ctx)
     loaded = load_stack(rbms, config) if config.rbm.pretrained else None
-    train_shard, test_shard = data.train, data.test
+    shards = data.shards()
     # Fine-tuning batches (checked before pretraining); a DBN's targets are the labels, a deep
     # autoencoder's its input.
-    tuning = (train_shard.rebatched(config.rbm.finetune_batch_size or config.batch_size,
-                                    labels=config.family == "dbn", key="rbm.finetune_batch_size")
-              if config.family in ("dbn", "deep_ae") else None)
+    size = config.rbm.finetune_batch_size or config.batch_size
+    tuning = shards.derived(lambda s: s.rebatched(size, labels=config.family == "dbn",
+                                                  key="rbm.finetune_batch_size"),
+                            lambda s: s)
     result: dict[str, Any] = {}
-    # A resumed fine-tuning checkpoint holds the whole model: pretraining is not repeated.
-    if state is None or state.get("stage") != "finetune":
-        if loaded is None:
-            result["pretrain"] = pretrain(rbms, train_shard, test_shard, config, ctx, run,
-                                          data.picture)
-        else:
-            run.print(f"pretraining: {len(rbms)} RBMs loaded from {config.rbm.pretrained}")
-            for i, rbm in enumerate(rbms, start=1):  # this run's folder keeps every stage it used
-                checkpoint.save_stage(run, f"pretrain{i}", rbm, config)
-            result["pretrain"] = loaded
-        state = None
+    if loaded is None:
+        result["pretrain"] = pretrain(rbms, shards, config, ctx, run, data.picture, state)
+    else:
+        run.print(f"pretraining: {len(rbms)} RBMs loaded from {config.rbm.pretrained}")
+        for i, rbm in enumerate(rbms, start=1):  # this run's folder keeps every stage it used
+            checkpoint.save_stage(run, f"pretrain{i}", rbm, config)
+        result["pretrain"] = loaded
+    done = {f"pretrain{i}": rbm.state_dict() for i, rbm in enumerate(rbms, start=1)}
     if config.family == "dbn":
-        result.update(finetune_classifier(rbms, tuning, test_shard, config, ctx, run, state,
-                                          data.classes))
+        result.update(finetune_classifier(rbms, tuning, config, ctx, run, state, data.classes,
+                                          done))
     elif config.family == "deep_ae":
-        result.update(finetune_autoencoder(rbms, tuning, test_shard, config, ctx, run, state))
+        result.update(finetune_autoencoder(rbms, tuning, config, ctx, run, state, done))
     return result
 
 
@@ -123,115 +122,92 @@ def load_stack(rbms: list[RBM], config: Config) -> list[dict[str, Any]]:
 
 # --- greedy pretraining ----------------------------------------------------------------------
 
-def pretrain(rbms: list[RBM], shard: Shard, held_out: Shard | None, config: Config,
-             ctx: Context, run: RunLog, picture: tuple[int, int] | None) -> list[dict[str, Any]]:
+def pretrain(rbms: list[RBM], shards: Shards, config: Config, ctx: Context, run: RunLog,
+             picture: tuple[int, int] | None,
+             state: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train each RBM on the hidden probabilities of the one below; returns each last epoch.
-    `picture` is the (height, width) the filters are drawn in, None for data that are not
-    images."""
+    The test shard is the held-out data of the monitors; `picture` is the (height, width)
+    filters are drawn in (None: data that are not images); `state` resumes the stage it belongs
+    to, and the RBMs before it come from its weights."""
     finals = []
     for i, rbm in enumerate(rbms, start=1):
         name = f"pretrain{i}"
-        run.print(f"{name}: RBM {rbm.n_vis}-{rbm.n_hid} ({rbm.visible} visible, {rbm.hidden} "
-                  f"hidden), CD-{config.rbm.cd_k}{' persistent' if config.rbm.persistent else ''}")
-        finals.append(train_rbm(rbms[:i], shard, held_out, name, config, ctx, run, picture))
+        saved = engine.completed(name, state)
+        if saved is not None:  # trained before the checkpoint was written
+            rbm.load_state_dict(saved)
+            finals.append(run.metrics.get(name, [{}])[-1])
+        else:
+            run.print(f"{name}: RBM {rbm.n_vis}-{rbm.n_hid} ({rbm.visible} visible, "
+                      f"{rbm.hidden} hidden), CD-{config.rbm.cd_k}"
+                      f"{' persistent' if config.rbm.persistent else ''}")
+            before = {f"pretrain{j}": r.state_dict() for j, r in enumerate(rbms[:i - 1], 1)}
+            stage = rbm_stage(rbms[:i], shards, name, config, ctx, run, picture,
+                              carry=lambda before=before: before)
+            finals.append(engine.fit(stage, shards, config, ctx, run, state=state))
+            draw(run, name, rbms[:i], picture, finals[-1].get("epoch", 0))
         checkpoint.save_stage(run, name, rbm, config)
         if i < len(rbms):  # the next RBM's data: this one's hidden probabilities E[h | v]
-            shard = shard.mapped(rbm.hidden_mean)
-            held_out = held_out.mapped(rbm.hidden_mean) if held_out is not None else None
+            shards = shards.mapped(rbm.hidden_mean)
     return finals
 
 
 def rbm_optimizer(rbm: RBM, lr: float, config: Config) -> torch.optim.Optimizer:
-    """SGD with momentum; the weight cost applies to W only, as in Hinton's code."""
+    """SGD with momentum; the weight cost applies to W only, as in Hinton's code (the loop
+    synchronises it over ranks: it averages the CD statistics, or the parameters)."""
     groups = [{"params": [rbm.W], "weight_decay": config.rbm.weight_cost},
               {"params": [rbm.b_vis, rbm.b_hid], "weight_decay": 0.0}]
-    base = torch.optim.SGD(groups, lr=lr, momentum=config.rbm.initial_momentum)
-    return sync.wrap(base, rbm, config)  # averages the CD statistics (or the parameters)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.rbm.initial_momentum)
 
 
-def train_rbm(stack: list[RBM], shard: Shard, held_out: Shard | None, name: str,
-              config: Config, ctx: Context, run: RunLog,
-              picture: tuple[int, int] | None) -> dict[str, Any]:
-    """CD-k epochs for the top RBM of `stack` (the ones below only draw its filters)."""
+def rbm_stage(stack: list[RBM], shards: Shards | None, name: str, config: Config,
+              ctx: Context, run: RunLog, picture: tuple[int, int] | None,
+              carry: Callable[[], dict[str, Any]] | None = None) -> engine.Stage:
+    """CD-k for the top RBM of `stack` as a stage of the loop (the ones below only draw its
+    filters): the update writes the CD statistics into `.grad` and steps; each rank's sampling
+    noise and persistent chain are its own, and checkpoints carry them."""
     rbm = stack[-1]
     lr = config.rbm.code_lr if rbm.hidden == "linear" else config.rbm.pretrain_lr
-    optimizer = rbm_optimizer(rbm, lr, config)
-    # Parameters only: a fresh SGD has no state, and Horovod's optimizer-state broadcast would
-    # initialise it with a zero-gradient step that applies the weight cost once.
-    dist.broadcast_state(rbm)
-    schedule = engine.Schedule(lr, ctx.size, config.rbm.pretrain_epochs * shard.steps,
-                               int(config.warmup_epochs * shard.steps), "constant",
-                               config.lr_scaling)
     generator = torch.Generator(device=ctx.device).manual_seed(
         config.seed + 1000 * ctx.rank + len(stack))  # each rank its own sampling noise
+    chain: dict[str, torch.Tensor | None] = {"v": None}  # the persistent chain (rbm.persistent)
 
-    def show(step: int) -> None:
-        if picture is not None:  # filters are drawn for image data only
-            run.image(f"{name}/filters", filter_picture(stack, picture), step)
+    def update(optimizer: torch.optim.Optimizer, v0: torch.Tensor, _: Any) -> torch.Tensor:
+        noise = rbm.draw_noise(config.rbm.cd_k, len(v0), generator)  # (k + 1, B, n_hid)
+        out = rbm_models.contrastive_divergence(rbm, v0, noise, chain["v"])
+        optimizer.step()  # the loop's optimizer averages the CD statistics, then SGD
+        chain["v"] = out.chain if config.rbm.persistent else None
+        return (v0 - out.reconstruction).pow(2).sum(1).mean()  # per example, summed over v
 
-    history: list[dict[str, Any]] = []
-    step, chain = 0, None
-    for epoch in range(config.rbm.pretrain_epochs):
+    def on_epoch(epoch: int, optimizer: torch.optim.Optimizer) -> None:
         momentum = (config.rbm.initial_momentum if epoch < config.rbm.momentum_switch
                     else config.rbm.final_momentum)
         for group in optimizer.param_groups:
             group["momentum"] = momentum
-        started, first = time.perf_counter(), step
-        recon, step, chain = cd_epoch(rbm, optimizer, shard, schedule, generator, chain,
-                                      epoch=epoch, step=step, name=name, config=config,
-                                      run=run, show=show)
-        sync.settle(optimizer)  # one RBM on every rank before monitoring
-        trained = time.perf_counter() - started  # the CD updates alone, without the monitors
-        history.append({"epoch": epoch + 1, "momentum": momentum, "train_recon": recon,
-                        "samples_per_s": (step - first) * shard.batch_size * ctx.size / trained,
-                        **monitor(rbm, shard, held_out, name),
-                        "seconds": time.perf_counter() - started})
-        log_epoch(name, history, step, run)
-        if config.max_steps and step >= config.max_steps:
-            break
-    show(step)
-    return history[-1] if history else {}
 
+    def get() -> dict[str, Any]:
+        return {"noise": generator.get_state(), "chain": chain["v"]}
 
-def log_epoch(name: str, history: list[dict[str, Any]], step: int, run: RunLog) -> None:
-    """The last epoch's monitors to TensorBoard (prefix `<name>/`), console and metrics.json."""
-    entry = history[-1]
-    run.scalars({k: v for k, v in entry.items() if k != "epoch"}, step, prefix=f"{name}/")
-    held = (f", held-out recon {entry['heldout_recon']:.3f}" if "heldout_recon" in entry else "")
-    free = (f" / held-out {entry['heldout_free_energy']:.2f}" if "heldout_recon" in entry else "")
-    run.print(f"{name} epoch {entry['epoch']}: recon {entry['train_recon']:.3f}{held}, free "
-              f"energy train {entry['train_free_energy']:.2f}{free}, {entry['seconds']:.1f} s")
-    run.record(**{name: history})
+    def put(saved: dict[str, Any]) -> None:
+        generator.set_state(saved["noise"])
+        chain["v"] = None if saved["chain"] is None else saved["chain"].to(ctx.device)
 
-
-def cd_epoch(rbm: RBM, optimizer: torch.optim.Optimizer, shard: Shard,
-             schedule: engine.Schedule, generator: torch.Generator, chain: torch.Tensor | None,
-             *, epoch: int, step: int, name: str, config: Config, run: RunLog,
-             show: Callable[[int], None]) -> tuple[float, int, torch.Tensor | None]:
-    """One epoch of CD-k updates; returns (mean reconstruction error over ranks, step, chain)."""
-    total = torch.zeros((), dtype=torch.float64, device=shard.device)
-    window = torch.zeros_like(total)
-    done = 0
-    for v0, _ in run.progress(shard.batches(epoch), shard.steps, f"{name} epoch {epoch + 1}"):
-        engine.set_lr(optimizer, schedule(step))
-        noise = rbm.draw_noise(config.rbm.cd_k, len(v0), generator)  # (k + 1, B, n_hid)
-        out = rbm_models.contrastive_divergence(rbm, v0, noise, chain)
-        optimizer.step()  # allreduce-averages the CD statistics, then SGD with momentum
-        chain = out.chain if config.rbm.persistent else None
-        error = (v0 - out.reconstruction).pow(2).sum(1).mean()  # per example, summed over v
-        total += error
-        window += error
-        step, done = step + 1, done + 1
-        if done % config.log_every == 0 or done == shard.steps:
-            run.scalars({"recon_error": float(window) / ((done - 1) % config.log_every + 1),
-                         "lr": schedule(step)}, step, prefix=f"{name}/")
-            window.zero_()
+    def after_step(step: int) -> None:
         if config.filters_every and step % config.filters_every == 0:
-            show(step)
-        if config.max_steps and step >= config.max_steps:
-            break
-    mean = float(total) / max(1, done)
-    return dist.average_metrics({"recon": mean}, name=f"{name}.recon")["recon"], step, chain
+            draw(run, name, stack, picture, step)
+
+    return engine.Stage(
+        name=name, model=rbm, epochs=config.rbm.pretrain_epochs, lr=lr, update=update,
+        optimizer=lambda: rbm_optimizer(rbm, lr, config),
+        evaluate=None if shards is None else
+        lambda: monitor(rbm, shards.train, shards.test, name), evaluate_as="",
+        cost_name="recon", schedule="constant", on_epoch=on_epoch, after_step=after_step,
+        rank_state=RankState(get, put), carry=carry)
+
+
+def draw(run: RunLog, name: str, stack: list[RBM], picture: tuple[int, int] | None,
+         step: int) -> None:
+    if picture is not None:  # filters are drawn for image data only
+        run.image(f"{name}/filters", filter_picture(stack, picture), step)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from hvdl import config as configlib
-from hvdl import dist
+from hvdl import dist, sync
 from hvdl.models.pca import fit_pca, squared_error
 from hvdl.models.rbm import RBM, contrastive_divergence
 from hvdl.trainers.rbm import rbm_optimizer
@@ -46,7 +46,7 @@ def run_setting(visible: str, hidden: str, k: int, persistent: bool, grad_sync: 
     noise = torch.stack([rbm.draw_noise(k, GLOBAL_BATCH, gen) for _ in range(STEPS)])
     config = configlib.build({"family": "rbm", "layers": (N_VIS, N_HID),
                               "rbm.weight_cost": WEIGHT_COST, "perf.grad_sync": grad_sync})
-    optimizer = rbm_optimizer(rbm, LR, config)
+    optimizer = sync.wrap(rbm_optimizer(rbm, LR, config), rbm, config)  # as the loop does
     # Parameters only: a fresh SGD has no state, and Horovod's optimizer-state broadcast would
     # initialise it with a zero-gradient step that applies the weight cost once.
     dist.broadcast_state(rbm)

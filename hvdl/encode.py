@@ -1,0 +1,79 @@
+"""Encode a dataset with a trained model: its hidden representation, written in parts by the ranks.
+
+    hvdl encode --checkpoint <run>/stages/sae.pt --out features/            # the training data
+    horovodrun -np 4 python -m hvdl.encode --checkpoint C --out DIR --data.path big.parquet
+    hvdl encode --checkpoint <a deep_ae run's checkpoint> --out codes/ --layer 2 --format npy
+
+Any family with an encoder (hvdl/families.py: sae, stacked_ae, rbm, dbn, deep_ae) gives the
+activations of one hidden layer: `--layer K` (1 = the first), by default the code layer of a
+deep autoencoder and the last hidden layer of a stack. Every row of `data.path` (the training
+run's, unless `--data.KEY VALUE` options say otherwise) is read in file order with the
+checkpoint's normalisation; rank r of N encodes the r-th of N contiguous parts of it and writes
+`part-<r>.parquet` (columns f0, f1, ... and `label` with the original label values when the data
+has labels) or `part-<r>.npy` with `part-<r>.labels.npy`. Rank 0 writes `manifest.json`: the
+parts in order with their rows, the layer, the checkpoint and the data's record. The parts in
+name order are the dataset in file order, so the output trains another model as it is:
+`--data.path 'DIR/part-*.parquet' --data.label label`. DIR must be new or empty; nothing is
+written over. Bad input: one line on rank 0, status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hvdl import dist
+from hvdl.data import dataset
+from hvdl.errors import ArgumentParser, BadInput, fail
+from hvdl.families import load_trained, with_overrides
+from hvdl.host import launcher_rank
+from hvdl.inference import check_out, encode_part, pick_layer, write_manifest
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(this command's options, the `--KEY VALUE` config overrides)."""
+    parser = ArgumentParser(prog="hvdl encode", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt written by hvdl")
+    parser.add_argument("--out", required=True, type=Path, help="a new or empty folder")
+    parser.add_argument("--layer", type=int, help="the hidden layer, 1 = the first (default: "
+                        "the code layer or the last)")
+    parser.add_argument("--format", choices=("parquet", "npy"), default="parquet")
+    parser.add_argument("--data_dir", "--data-dir", default="", help="MNIST folder")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        trained = load_trained(args.checkpoint)
+        layer = pick_layer(trained, args.layer)
+        config = with_overrides(trained, rest, args.data_dir)
+        check_out(args.out)
+    except BadInput as err:
+        raise fail(str(err), launcher_rank() == 0) from None
+    ctx = dist.init(threads=config.threads or None)
+    try:
+        data = dataset.load(config, ctx, images=trained.family.images, given=trained.data,
+                            splits=("all",))
+    except BadInput as err:
+        raise fail(str(err), ctx.is_root) from None
+    if ctx.is_root:
+        args.out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    trained.model.to(ctx.device)
+    mine = encode_part(trained, layer, data, args.out, ctx.rank, args.format)
+    parts = dist.allgather_object(mine, name="encode.parts")
+    if ctx.is_root:
+        write_manifest(args.out, trained, layer, args.format, parts, data)
+        rows = sum(p["rows"] for p in parts)
+        print(f"hvdl encode: {rows:,} rows of {config.data.path or data.info['format']} through "
+              f"layer {layer} of {trained.path} into {len(parts)} part(s) in {args.out}; train "
+              f"on them with --data.path '{args.out}/part-*.{args.format}'"
+              + (" --data.label label" if data.classes and args.format == "parquet" else ""))
+    dist.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

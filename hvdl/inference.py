@@ -1,0 +1,130 @@
+"""What a trained model does to data, for `hvdl eval`, `hvdl encode` and the Python API: its
+figures on a test shard, and its hidden representation of a shard written as one part.
+
+Both are collectives (the sums behind the figures are allreduced, each rank writes its own part),
+and both read the model's capabilities from the family table (hvdl/families.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hvdl import dist, metrics
+from hvdl.data.shard import Shard
+from hvdl.data.writers import Layout, open_writer
+from hvdl.errors import BadInput
+from hvdl.families import Trained, in_model_type
+from hvdl.models.pca import squared_error
+from hvdl.runlog import write_atomic
+
+
+def figures(trained: Trained, test: Shard, classes: tuple[Any, ...] | None) -> dict[str, Any]:
+    """The family's figures on this rank's test shard, summed over ranks (a collective)."""
+    family, model = trained.family, trained.model
+    if family.classifier is not None:
+        return metrics.evaluate_classifier(family.classifier(model),
+                                           in_model_type(test.scan(), model), classes,
+                                           name="eval")
+    with torch.no_grad():
+        found = {"squared_error": squared_error(family.reconstruction(model),
+                                                (x for x, _ in in_model_type(test.scan(),
+                                                                             model)),
+                                                name="eval.sq")}
+        if family.free_energy is not None:
+            energy = family.free_energy(model)
+            total = torch.zeros(2, dtype=torch.float64)
+            for x, _ in in_model_type(test.scan(), model):
+                total += torch.tensor([float(energy(x).sum()), float(len(x))],
+                                      dtype=torch.float64)
+            total = dist.allreduce_sum(total, name="eval.free_energy")
+            found["free_energy"] = float(total[0] / total[1].clamp(min=1))
+    count = dist.allreduce_sum(torch.tensor([float(len(test))]), name="eval.count")
+    return {**found, "count": int(count)}
+
+
+def format_report(found: dict[str, Any]) -> str:
+    if "accuracy" not in found:
+        line = (f"average squared reconstruction error per example {found['squared_error']:.4f}"
+                f" ({found['count']} examples)")
+        if "free_energy" in found:
+            line += f", mean free energy {found['free_energy']:.3f}"
+        return line
+    lines = [f"test cost {found['cost']:.4f}  accuracy {100 * found['accuracy']:.2f}%  "
+             f"macro F1 {found['macro_f1']:.4f}  ({found['count']} examples)",
+             "class  precision  recall  f1"]
+    for c, p, r, f in zip(found["classes"], found["precision"], found["recall"], found["f1"]):
+        lines.append(f"{str(c):>5}  {p:9.4f}  {r:6.4f}  {f:.4f}")
+    lines.append("confusion (rows: true class, columns: predicted)")
+    lines += [" ".join(f"{n:5d}" for n in row) for row in found["confusion"]]
+    return "\n".join(lines)
+
+
+def pick_layer(trained: Trained, layer: int | None) -> int:
+    family, depth = trained.family, trained.family.depth(trained.config)
+    if family.encoder is None:
+        raise BadInput(f"family {family.name!r} has no encoder; allowed: a checkpoint of sae, "
+                       "stacked_ae, rbm, dbn or deep_ae")
+    layer = depth if layer is None else layer
+    if not 1 <= layer <= depth:
+        raise BadInput(f"--layer {layer}: the model has {depth} hidden layer(s); allowed: 1 to "
+                       f"{depth}")
+    return layer
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BadInput(f"{out} exists and is not an empty folder; allowed: a new or empty folder "
+                       "(nothing is written over)")
+
+
+def encode_part(trained: Trained, layer: int, data: Any, out: Path, rank: int,
+                fmt: str) -> dict[str, Any]:
+    """Encode this rank's shard into its part; what the manifest says of it."""
+    encoder = trained.family.encoder(trained.model, layer)
+    dtype = next(trained.model.parameters()).dtype
+    with torch.no_grad():  # the code's width, even for a rank without rows
+        width = encoder(torch.zeros((1, *data.shape), dtype=dtype,
+                                    device=next(trained.model.parameters()).device)).shape[1]
+        codes, labels = [], []
+        for x, y in in_model_type(data.train.scan(), trained.model):
+            codes.append(encoder(x).float().cpu().numpy())
+            if y is not None and data.classes is not None:
+                labels.append(np.asarray(data.classes, dtype=object)[y.cpu().numpy()])
+    x = np.concatenate(codes) if codes else np.zeros((0, width), dtype=np.float32)
+    y = label_values(labels) if data.classes is not None else None
+    layout = Layout(rows=len(x), shape=(width,), dtype=np.dtype(np.float32),
+                    names=[f"f{j}" for j in range(width)],
+                    label_dtype=None if y is None else y.dtype)
+    writer = open_writer(out / f"part-{rank:05d}.{fmt}", fmt, layout)
+    try:
+        if len(x):
+            writer.write(x, y)
+    except BaseException:
+        writer.abort()
+        raise
+    files = writer.commit()
+    return {"rank": rank, "rows": len(x), "features": width, "files": [f.name for f in files]}
+
+
+def label_values(parts: list[np.ndarray]) -> np.ndarray:
+    """The original label values (integers or strings) of the encoded rows."""
+    values = np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+    if all(isinstance(v, (int, np.integer)) for v in values):
+        return values.astype(np.int64)
+    return values.astype(str)
+
+
+def write_manifest(out: Path, trained: Trained, layer: int, fmt: str, parts: list[dict],
+                   data: Any) -> None:
+    first = 0
+    for part in parts:
+        part["first_row"], first = first, first + part["rows"]
+    manifest = {"checkpoint": str(trained.path), "family": trained.family.name, "layer": layer,
+                "format": fmt, "rows": first, "parts": parts,
+                "label": "label" if data.classes else None, "data": data.info}
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")

@@ -1,0 +1,196 @@
+"""Every family's stages keep the loop's guarantees, with real processes: a NaN stops every rank
+with status 1 and keeps the last good checkpoint, SIGTERM mid-stage then `--resume` ends bit for
+bit where an uninterrupted run ends, `--resume auto` at each stage boundary too; `hvdl eval` on 2
+ranks equals one process, and `hvdl encode` writes every row once, in file order."""
+
+import json
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from procs import check_job, run_job, start_job, wait_for_file
+
+pytestmark = pytest.mark.slow
+
+# Small runs of each family on 1,200 MNIST digits: (options, the run's step to stop after).
+COMMON = ["-m", "hvdl.train", "--train_size", "1200", "--log_every", "5",
+          "--checkpoint_every", "10", "--keep_checkpoints", "100"]
+RUNS = {
+    "cnn": (["--model", "lenet5", "--epochs", "2", "--batch_size", "30"], 30),
+    "sae": (["--model", "sae_mnist", "--layers", "0,32", "--sae.lbfgs_iterations", "60"], 20),
+    "stacked_ae": (["--model", "stacked_ae_mnist", "--layers", "0,24,16,0",
+                    "--sae.lbfgs_iterations", "20", "--sae.finetune_iterations", "2",
+                    "--batch_size", "60"], 30),  # layer1 ends at 20: 30 is in layer2
+    "rbm": (["--model", "rbm_mnist", "--layers", "0,32", "--batch_size", "30",
+             "--rbm.pretrain_epochs", "3"], 50),
+    "dbn": (["--model", "dbn_small", "--layers", "0,32,16,0", "--batch_size", "30",
+             "--rbm.pretrain_epochs", "2", "--rbm.finetune_epochs", "2"], 100),  # pretrain2
+    "deep_ae": (["--model", "deep_ae_mnist", "--layers", "0,32,16,8", "--batch_size", "30",
+                 "--rbm.pretrain_epochs", "1", "--rbm.finetune_epochs", "2",
+                 "--rbm.finetune_batch_size", "30"], 130),  # finetune, after 3 × 40 steps
+}
+# A learning rate no model survives, for the NaN stop (in a minibatch stage of each family).
+BLOW_UP = {
+    "cnn": ["--lr", "1e30"], "sae": ["--optimizer", "sgd", "--lr", "1e30", "--epochs", "3"],
+    "stacked_ae": ["--sae.finetune_optimizer", "sgd", "--lr", "1e30",
+                   "--sae.finetune_iterations", "3"],
+    "rbm": ["--rbm.pretrain_lr", "1e30"], "dbn": ["--rbm.finetune_lr", "1e30"],
+    "deep_ae": ["--rbm.finetune_lr", "1e30", "--optimizer", "sgd"],
+}
+
+
+def run_folder(results):
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def checkpoints(run_dir):
+    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
+
+
+def newest(results):
+    return torch.load(checkpoints(run_folder(results))[-1], weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert (a["stage"], a["step"]) == (b["stage"], b["step"])
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Each family's uninterrupted run folder (one process), trained once for the module."""
+    folders = {}
+    for name, (options, _) in RUNS.items():
+        results = tmp_path_factory.mktemp(f"whole-{name}")
+        check_job(1, [*COMMON, *options, "--results_dir", str(results)], "python", timeout=600)
+        folders[name] = run_folder(results)
+    return folders
+
+
+@pytest.mark.parametrize("family", list(RUNS))
+def test_a_nan_stops_both_ranks_with_status_1_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                                   family):
+    """Test that a diverging stage ends 2 ranks with status 1, a line naming the stage and the
+    last good checkpoint, which stays complete and finite."""
+    options, _ = RUNS[family]
+    proc = run_job(2, [*COMMON, *options, *BLOW_UP[family], "--checkpoint_every", "1",
+                       "--results_dir", str(tmp_path)], "mpirun", timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
+    assert text.count("hvdl: error:") == 1, text[-3000:]
+    assert "not finite" in text or "became nan" in text or "became inf" in text, text[-3000:]
+    found = checkpoints(run_folder(tmp_path))
+    assert found and f"last good checkpoint: {found[-1]}" in text, text[-3000:]
+    last = torch.load(found[-1], weights_only=True)
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("family", list(RUNS))
+def test_sigterm_mid_stage_then_resume_ends_as_an_uninterrupted_run(tmp_path, trained, family):
+    """Test that SIGTERM in the middle of a stage saves, exits 0, and `--resume` ends with the
+    uninterrupted run's weights, bit for bit."""
+    options, stop_after = RUNS[family]
+    run = [*COMMON, *options, "--results_dir", str(tmp_path)]
+    proc = start_job(1, run, "python")
+    wait_for_file(f"*/checkpoints/step-{stop_after:09d}.pt", tmp_path, proc, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the stopped job did not end")
+    assert proc.returncode == 0 and "stopped by SIGTERM" in out, err[-3000:]
+    whole = torch.load(checkpoints(trained[family])[-1], weights_only=True)
+    stopped = newest(tmp_path)
+    assert stopped["step"] + stopped.get("offset", 0) < whole["step"] + whole.get("offset", 0)
+    check_job(1, [*run, "--resume"], "python", timeout=600)
+    assert_same_weights(newest(tmp_path), whole)
+
+
+@pytest.mark.parametrize("family", ["stacked_ae", "dbn", "deep_ae"])
+def test_resume_auto_at_each_stage_boundary_ends_as_an_uninterrupted_run(tmp_path, trained,
+                                                                         family):
+    """Test that a run cut right after any of its stages ends, resumed by `--resume auto`, as the
+    uninterrupted run does."""
+    whole = trained[family]
+    found = [(p, torch.load(p, weights_only=True)["stage"]) for p in checkpoints(whole)]
+    ends = [p for (p, stage), (_, after) in zip(found, found[1:]) if stage != after]
+    assert len(ends) >= 2, [s for _, s in found]
+    final = torch.load(found[-1][0], weights_only=True)
+    options, _ = RUNS[family]
+    for i, end in enumerate(ends):
+        results = tmp_path / f"cut{i}"
+        shutil.copytree(whole, results / whole.name)  # the run as it was when `end` was written
+        for later in checkpoints(results / whole.name):
+            if later.name > end.name:
+                later.unlink()
+        check_job(1, [*COMMON, *options, "--results_dir", str(results), "--resume", "auto"],
+                  "python", timeout=600)
+        assert_same_weights(newest(results), final)
+
+
+@pytest.mark.parametrize("family", list(RUNS))
+def test_eval_on_two_ranks_equals_one_process(tmp_path, trained, family):
+    """Test that `hvdl eval` of the run's checkpoint gives the same figures on 2 ranks as on one
+    (a classification report, or the reconstruction error and the RBM's free energy)."""
+    ckpt = checkpoints(trained[family])[-1]
+    reports = {}
+    for np_, launcher in ((1, "python"), (2, "gloo")):
+        out = tmp_path / f"report{np_}.json"
+        check_job(np_, ["-m", "hvdl.evaluate", "--checkpoint", str(ckpt), "--out", str(out)],
+                  launcher)
+        reports[np_] = json.loads(out.read_text())
+    one, two = reports[1], reports[2]
+    assert one["count"] == two["count"] == 10000
+    for key, value in one.items():
+        if isinstance(value, float):
+            assert abs(two[key] - value) < 1e-9 * max(1.0, abs(value)), key
+        else:
+            assert two[key] == value, key
+    if "accuracy" in one:
+        assert len(set(map(tuple, one["confusion"]))) > 1  # a trained model, not one class
+    else:
+        assert np.isfinite(one["squared_error"]) and one["squared_error"] < 100
+
+
+@pytest.mark.parametrize("family", ["sae", "stacked_ae", "rbm", "dbn", "deep_ae"])
+def test_encode_writes_every_row_once_in_file_order(tmp_path, trained, family):
+    """Test that `hvdl encode` on 2 ranks writes two parts that together are the 1-process
+    encoding, rows in file order with their labels, and a manifest of them."""
+    ckpt = checkpoints(trained[family])[-1]
+    tables = {}
+    for np_, launcher in ((1, "python"), (2, "gloo")):
+        out = tmp_path / f"codes{np_}"
+        check_job(np_, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out)],
+                  launcher)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert [p["rank"] for p in manifest["parts"]] == list(range(np_))
+        parts = [pq.read_table(out / p["files"][0]) for p in manifest["parts"]]
+        assert sum(p.num_rows for p in parts) == manifest["rows"] == 1200
+        tables[np_] = np.concatenate([p.drop(["label"]).to_pandas().to_numpy() for p in parts])
+        labels = np.concatenate([p.column("label").to_numpy() for p in parts])
+    from hvdl.data.mnist import load_mnist, resolve_data_dir
+
+    np.testing.assert_array_equal(labels, load_mnist(resolve_data_dir(), "train")[1][:1200])
+    np.testing.assert_allclose(tables[2], tables[1], rtol=0, atol=1e-6)
+    assert tables[1].std(0).max() > 0  # the codes vary with the input
+
+
+def test_progress_comes_in_whole_lines_under_horovodrun(tmp_path):
+    """Test that under horovodrun (no terminal) progress is whole lines, without carriage
+    returns, naming the stage, epoch, step of total, samples/s, time left and cost."""
+    proc = run_job(2, ["-m", "hvdl.train", "--train_size", "4000", "--epochs", "1",
+                       "--log_every", "5", "--results_dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    assert "\r" not in text
+    lines = [line for line in proc.stdout.splitlines() if "train epoch 1: step" in line]
+    assert lines and all("samples/s" in line and " left, cost " in line for line in lines)
+    assert lines[-1].rstrip().endswith(tuple("0123456789")) and "31/31 (100%)" in lines[-1]
