@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from hvdl.config import Config, ConfigError
 from hvdl.data import chunks
 from hvdl.data.chunks import Order, Piece
 from hvdl.data.patches import PatchSource
-from hvdl.data.prepare import Classes, Scale, Survey, check, merge, vocabulary
+from hvdl.data.prepare import (Classes, Scale, Survey, check, class_index, decoder, merge, survey,
+                               vocabulary)
 from hvdl.data.record import record, startup_line
 from hvdl.data.shard import DeviceShard, Shard, Shards
 from hvdl.data.source import DataError, Source, default_cache
@@ -71,39 +71,6 @@ class Data:
         return tuple(found) if found else None
 
 
-# --- reading ----------------------------------------------------------------------------------
-
-def survey(source: Source, pieces: list[Piece], shape: tuple[int, ...], *, moments: bool,
-           into: torch.Tensor | None = None) -> tuple[Survey, list[np.ndarray | None]]:
-    """Check and count the pieces; copy them into `into` (rows, features) when given.
-
-    The pieces are read in file order and their findings merged in the pieces' own order, so the
-    figures do not depend on how a format groups its rows."""
-    parts, names = {}, []
-    for offset, piece in chunks.in_file_order(pieces):
-        raw, y = source.read(piece)
-        x = raw.astype(np.float32, copy=False)
-
-        def where(row: int, col: int, piece: Piece = piece) -> str:
-            names[:] = names or source.feature_names()
-            return f"{source.position(piece, row)} column {names[col]!r}"
-
-        part = Survey()
-        part.add(x, y, shape=shape, moments=moments, where=where)
-        parts[offset] = (part, y)
-        if into is not None:
-            into[offset:offset + len(x)] = torch.from_numpy(x).to(into.device)
-    found = merge([parts[o][0] for o in sorted(parts)])
-    return found, [parts[o][1] for o in sorted(parts)]
-
-
-def class_index(classes: Classes, source: Source, pieces: list[Piece],
-                labels: list[np.ndarray]) -> np.ndarray:
-    parts = [classes.index(y, lambda row, p=p: source.position(p, row))
-             for p, y in zip(pieces, labels)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-
 def budget(config: Config, ctx: Context) -> int:
     """Bytes a shard may take on the device: data.budget_mb, else half its free memory."""
     if config.data.budget_mb:
@@ -136,17 +103,6 @@ def decide(config: Config, ctx: Context, sharing: Sharing, nbytes: int, held: bo
                           "(more ranks, data.budget_mb, data.memory 'device'), or optimizer sgd "
                           "or adam")
     return hold
-
-
-def decoder(source: Source, scale: Scale, classes: Classes | None) -> Callable:
-    """A piece's rows as the shards serve them: float32, scaled; labels as class indices."""
-    def decode(piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
-        raw, y = source.read(piece)
-        x = scale.apply(raw.astype(np.float32, copy=False))
-        if classes is None or y is None:
-            return x, None
-        return x, classes.index(y, lambda row: source.position(piece, row))
-    return decode
 
 
 def build(source: Source, pieces: list[Piece], *, hold: bool, x: torch.Tensor | None,

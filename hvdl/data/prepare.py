@@ -12,6 +12,9 @@ whole training set, as one process reading everything would.
   standard deviation (population, per channel for (C, H, W) and (H, W) examples, else per
   feature; a constant feature is divided by 1); `minmax` maps each feature's (channel's) range to
   [0, 1]. Moments are merged with Chan et al.'s pairwise update, in float64.
+
+`survey` is that pass over a rank's pieces (copying them into memory when the shard is held);
+`decoder` reads a piece as the shards serve it, scaled and with class indices.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hvdl.data.source import DataError
+from hvdl.data import chunks
+from hvdl.data.chunks import Piece
+from hvdl.data.source import DataError, Source
 
 
 def groups(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -198,3 +203,47 @@ class Scale:
             x.sub_(torch.from_numpy(self.shift).to(x.device)).div_(
                 torch.from_numpy(self.div).to(x.device))
         return x
+
+
+# --- one pass over a rank's pieces -----------------------------------------------------------
+
+def survey(source: Source, pieces: list[Piece], shape: tuple[int, ...], *, moments: bool,
+           into: torch.Tensor | None = None) -> tuple[Survey, list[np.ndarray | None]]:
+    """Check and count the pieces; copy them into `into` (rows, features) when given.
+
+    The pieces are read in file order and their findings merged in the pieces' own order, so the
+    figures do not depend on how a format groups its rows."""
+    parts, names = {}, []
+    for offset, piece in chunks.in_file_order(pieces):
+        raw, y = source.read(piece)
+        x = raw.astype(np.float32, copy=False)
+
+        def where(row: int, col: int, piece: Piece = piece) -> str:
+            names[:] = names or source.feature_names()
+            return f"{source.position(piece, row)} column {names[col]!r}"
+
+        part = Survey()
+        part.add(x, y, shape=shape, moments=moments, where=where)
+        parts[offset] = (part, y)
+        if into is not None:
+            into[offset:offset + len(x)] = torch.from_numpy(x).to(into.device)
+    found = merge([parts[o][0] for o in sorted(parts)])
+    return found, [parts[o][1] for o in sorted(parts)]
+
+
+def class_index(classes: Classes, source: Source, pieces: list[Piece],
+                labels: list[np.ndarray]) -> np.ndarray:
+    parts = [classes.index(y, lambda row, p=p: source.position(p, row))
+             for p, y in zip(pieces, labels)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def decoder(source: Source, scale: Scale, classes: Classes | None) -> Callable:
+    """A piece's rows as the shards serve them: float32, scaled; labels as class indices."""
+    def decode(piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        raw, y = source.read(piece)
+        x = scale.apply(raw.astype(np.float32, copy=False))
+        if classes is None or y is None:
+            return x, None
+        return x, classes.index(y, lambda row: source.position(piece, row))
+    return decode

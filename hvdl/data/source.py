@@ -6,7 +6,7 @@
 A `Source` is one split (training or test) in one format: a sorted list of files, the rows in
 each, the stored shape of one example, and `read(piece)`, which decodes only the rows asked for
 (x as (k, features) in the stored numeric type, the raw labels or None). The readers live beside
-this module: arrays.py (npy, idx, hdf5), tables.py (csv, parquet), images.py (image folders),
+this module: arrays.py (npy, idx, hdf5), delimited.py (csv), parquet.py, images.py (image folders),
 patches.py (natural-image patches). Files are matched by `Spec.path`: a file, a folder or a glob
 (`**` recurses); the format comes from their names when `Spec.format` is empty.
 
@@ -119,6 +119,25 @@ class Source:
         """Release open files (readers that hold them override this)."""
 
 
+def pick_columns(names: list[str], spec: Spec, where: Path) -> tuple[list[str], str | None]:
+    """(feature columns, label column) of a table with columns `names`, as `spec` asks."""
+    known = ", ".join(names)
+    for key, wanted in (("data.label", [spec.label] if spec.label else []),
+                        ("data.features", list(spec.features))):
+        for name in wanted:
+            if name not in names:
+                raise DataError(f"{key}: column {name!r} is not in {where} (its columns: "
+                                f"{known}); allowed: one of those")
+    features = list(spec.features) or [n for n in names if n != spec.label]
+    if spec.label in features:
+        raise DataError(f"column {spec.label!r} is both the label and a feature; allowed: "
+                        "data.features without the label column")
+    if not features:
+        raise DataError(f"{where}: no feature columns besides the label; allowed: a table with "
+                        "at least one feature column")
+    return features, spec.label or None
+
+
 # --- files ----------------------------------------------------------------------------------
 
 def expand(path: str, *, key: str = "data.path") -> list[Path]:
@@ -227,7 +246,7 @@ def default_cache() -> Path:
 
 def open_source(spec: Spec, *, local: Local | None = None, **options: Any) -> Source:
     """The reader for `spec`; `local` gives gzip files a decompressed copy (default: here)."""
-    from hvdl.data import arrays, images, tables
+    from hvdl.data import arrays, delimited, images, parquet
 
     local = local or (lambda p: decompress(p, default_cache()))
     files = expand(spec.path)
@@ -240,7 +259,7 @@ def open_source(spec: Spec, *, local: Local | None = None, **options: Any) -> So
         raise DataError(f"data.path {spec.path}: no {fmt} files there; allowed: a folder or glob "
                         f"of {fmt} files")
     readers = {"npy": arrays.NpySource, "idx": arrays.IdxSource, "hdf5": arrays.Hdf5Source,
-               "csv": tables.CsvSource, "parquet": tables.ParquetSource,
+               "csv": delimited.CsvSource, "parquet": parquet.ParquetSource,
                "images": images.ImageSource}
     return readers[fmt](files, spec, local=local, **options)
 
