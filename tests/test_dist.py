@@ -1,6 +1,6 @@
 """Launcher detection and per-rank resources (no Horovod job needed)."""
 
-from hvdl.engine import scaled_lr
+from hvdl.schedule import scaled_lr
 from hvdl.host import cpu_threads, launcher_size
 
 
