@@ -25,7 +25,7 @@ for table in digits breast_cancer; do
     echo "## $table"
     echo
     echo '```'
-    grep -h "hvdl: data:" "$scratch/$table.log" | sed 's/^\[[0-9]\]<stdout>://'
+    grep -h "hvdl: data:" "$scratch/$table.log" | sed 's/^\[[0-9,]*\]<stdout>://'
     python -c "import json, sys; from hvdl.trainers.finetune import classification_report
 print('\n'.join(classification_report(json.load(open(sys.argv[1]))['final']['test'])))" \
         "$out/$table"/*/metrics.json

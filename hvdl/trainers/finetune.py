@@ -73,11 +73,12 @@ def classification_report(test: dict[str, Any]) -> list[str]:
     """Test error, per-class precision / recall / F1 and the confusion matrix, as text."""
     if not test:
         return []
-    lines = [f"test error {100 * test['error']:.2f}% ({test['count']} images), "
-             f"macro F1 {test['macro_f1']:.4f}", "class precision recall     f1"]
-    for c, p, r, f in zip(test.get("classes", range(len(test["f1"]))), test["precision"],
-                          test["recall"], test["f1"]):
-        lines.append(f"{str(c):>5} {p:9.4f} {r:6.4f} {f:6.4f}")
+    names = [str(c) for c in test.get("classes", range(len(test["f1"])))]
+    width = max(5, *map(len, names))
+    lines = [f"test error {100 * test['error']:.2f}% ({test['count']} examples), "
+             f"macro F1 {test['macro_f1']:.4f}", f"{'class':>{width}} precision recall     f1"]
+    for c, p, r, f in zip(names, test["precision"], test["recall"], test["f1"]):
+        lines.append(f"{c:>{width}} {p:9.4f} {r:6.4f} {f:6.4f}")
     lines.append("confusion matrix (rows: true class, columns: predicted):")
     lines += [" ".join(f"{v:5d}" for v in row) for row in test["confusion"]]
     return lines
