@@ -56,6 +56,13 @@ def epochs(result: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(e, dict) and "seconds" in e]
 
 
+def training_seconds(result: dict[str, Any]) -> float:
+    """The seconds a run trained: its epochs' and its full-batch (L-BFGS) stages'."""
+    full_batch = [result.get("final") or {}, *(result.get("stages") or {}).values()]
+    return (sum(e["seconds"] for e in epochs(result))
+            + sum(r["seconds"] for r in full_batch if "iterations" in r and "seconds" in r))
+
+
 def epoch_table(name: str, history: list[dict[str, Any]]) -> list[str]:
     """The columns of COLUMNS that any epoch of the stage recorded, one row per epoch."""
     columns = [c for c in COLUMNS if any(dotted(e, c[0]) is not None for e in history)]
@@ -75,7 +82,7 @@ def summarise(run_dir: Path) -> str:
     for name, value in result.items():
         if isinstance(value, list) and value and "epoch" in value[0]:
             lines += [*epoch_table(name, value), ""]
-    total = sum(e["seconds"] for e in epochs(result))
+    total = training_seconds(result)
     lines.append(f"Training time over all epochs: {total:.1f} s.")
     return "\n".join(lines) + "\n"
 
@@ -85,7 +92,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def cell(value: Any) -> str:
-    """A figure for a table cell: numbers rounded, lists joined."""
+    """A figure for a table cell: numbers rounded, lists joined, nothing for a missing value."""
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list):
@@ -135,7 +144,7 @@ def compare(run_dirs: list[Path], keys: list[str], *, metrics: tuple[str, ...] =
         lines.append(f"| {run_dir.name} | {meta['world_size']} | "
                      + " | ".join(map(str, settings))
                      + f" | {curve} | {'' if final is None else f'{100 * final:.2f}%'} | "
-                     f"{sum(e['seconds'] for e in timed):.1f} |"
+                     f"{training_seconds(result):.1f} |"
                      + "".join(f" {c} |" for c in cells))
     return "\n".join(lines) + "\n"
 

@@ -46,6 +46,17 @@ def test_an_rbm_run_shows_the_figures_it_records(tmp_path):
     assert "| 1 | 14.948 | 5.240 | -0.048 | 3.3 |" in text
 
 
+def test_full_batch_stages_count_in_the_training_time(tmp_path):
+    """Test that L-BFGS stages (records with iterations, no epochs) add their seconds, once."""
+    lbfgs = {"iterations": 400, "cost": 11.6, "seconds": 899.5}
+    sae = report.summarise(run_folder(tmp_path / "sae", {"final": lbfgs}))
+    assert "Training time over all epochs: 899.5 s." in sae
+    stacked = {"stages": {"softmax": {**lbfgs, "seconds": 4.5}}, "final": {"seconds": 9.0},
+               "finetune": [{"epoch": 1, "seconds": 2.0}]}
+    assert "Training time over all epochs: 6.5 s." in report.summarise(
+        run_folder(tmp_path / "stacked", stacked))
+
+
 def test_compare_puts_each_run_on_one_row_with_the_settings_asked_for(tmp_path, capsys):
     """Test that `--compare` lists the chosen config keys, the accuracy curve and the time."""
     a = run_folder(tmp_path / "a", cnn_metrics([0.98, 0.99]))

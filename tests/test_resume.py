@@ -175,3 +175,19 @@ def test_resume_auto_looks_at_the_newest_run_folder_only(tmp_path):
     out = check_job(1, [*RUN, "--epochs", "1", "--max_steps", "2", "--results_dir",
                         str(tmp_path), "--resume", "auto"], "python", timeout=180)
     assert "no checkpoint to resume" in out and "resumed from" not in out
+
+
+@pytest.mark.slow
+def test_resuming_a_run_that_reached_max_steps_takes_no_further_step(tmp_path):
+    """Test that `--resume` of a run stopped by `max_steps` keeps its final checkpoint and adds
+    none: the step counter stays where max_steps stopped it."""
+    limited = [*RUN, "--epochs", "1", "--max_steps", "12", "--results_dir", str(tmp_path)]
+    check_job(1, limited, "python", timeout=180)
+    before = newest_checkpoint(tmp_path)
+    assert before["step"] == 12
+    out = check_job(1, [*limited, "--resume"], "python", timeout=180)
+    assert f"resumed from {tmp_path}" in out
+    (run_dir,) = tmp_path.iterdir()
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
+    assert names[-1] == "step-000000012.pt", names
+    assert_same_weights(newest_checkpoint(tmp_path), before)
