@@ -19,9 +19,11 @@ mpirun and Horovod's elastic driver take any other status for a crash (they kill
 ranks, and the elastic driver blacklists the host). Scripts that must tell a stopped run from a
 finished one read `stops` in the run's metrics.json.
 
-The handlers are installed only while the loop runs (`with StopSignal(...)`); elsewhere (data
-loading, evaluation, RBM pretraining) SIGTERM and SIGUSR1 keep their default action and end the
-process at once, so a family without step-level checkpoints still resumes from its last one.
+The handlers are installed while a run trains (`hvdl.run.run_training` holds a `StopSignal`
+around the family's trainer, and each loop holds its own inside it): a signal that comes between
+two loops (an evaluation, the next stage's set-up) is noted and honoured at the next loop's first
+agreement, which saves a checkpoint in that stage. Before the run starts and after it ends
+SIGTERM and SIGUSR1 keep their previous action.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ from typing import Any
 from hvdl import dist
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_received = 0  # the last stop signal while any StopSignal was active; 0 for none
+
+
+def _note(signum: int, frame: FrameType | None) -> None:
+    global _received
+    _received = signum
 
 
 class Stopped(Exception):
@@ -49,26 +57,30 @@ class StopSignal:
 
     def __init__(self, every: int) -> None:
         self.every = every  # steps between the ranks' agreements
-        self.received = 0  # number of the last signal this rank got, 0 for none
         self._pending: Any = None  # the allreduce started at the last check
         self._previous: dict[int, Any] = {}
+
+    @property
+    def received(self) -> int:
+        """The number of the last signal this process got while noting, 0 for none."""
+        return _received
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
             for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._note)
+                self._previous[signum] = signal.signal(signum, _note)
         return self
 
     def __exit__(self, kind: type | None, *exc: object) -> None:
+        global _received
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self._previous and self._previous[SIGNALS[0]] is not _note:  # the outermost one
+            _received = 0  # a later run in this process starts unsignalled
         self._previous.clear()
         if kind is None and self._pending is not None:  # all ranks leave the loop together
             dist.finish_max(self._pending)
         self._pending = None  # after an error, other ranks may never finish it: do not wait
-
-    def _note(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
 
     def forget(self) -> None:
         """Drop the allreduce in flight (elastic reset: Horovod restarted underneath it)."""

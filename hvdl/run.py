@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hvdl import checkpoint, dist
+from hvdl import checkpoint, dist, preemption
 from hvdl.config import Config, ConfigError
 from hvdl.engine import NonFiniteLoss
 from hvdl.errors import BadInput
@@ -90,7 +90,8 @@ def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Pat
                   + (", no checkpoint to resume" if config.resume and not resume_from else ""))
         if config.perf.timeline:
             dist.start_timeline(run.dir / "horovod_timeline.json" if run.dir else None)
-        final = family.train(config, ctx, run, state=state)
+        with preemption.StopSignal(config.stop_check_every):  # notes a signal between loops
+            final = family.train(config, ctx, run, state=state)
         if config.perf.timeline:
             dist.stop_timeline()
         run.record(final=final, peak_rss_mb=peak_memory(ctx))

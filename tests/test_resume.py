@@ -103,8 +103,10 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_the_same_step_and_resumes(tmp
     assert_same_weights(newest_checkpoint(tmp_path / "cut"), newest_checkpoint(tmp_path / "whole"))
 
 
-def test_stop_signal_handlers_are_installed_only_inside_the_loop():
-    """Test that StopSignal notes SIGTERM/SIGUSR1 while active and restores the old handlers."""
+def test_stop_signal_handlers_are_installed_only_while_noting(monkeypatch):
+    """Test that StopSignal notes SIGTERM/SIGUSR1 while active, that a signal noted by the
+    run's outer StopSignal between two loops reaches the next loop, and that the old handlers
+    come back afterwards with nothing noted."""
     from hvdl.preemption import StopSignal
 
     before = signal.getsignal(signal.SIGTERM)
@@ -114,6 +116,17 @@ def test_stop_signal_handlers_are_installed_only_inside_the_loop():
         assert stop.received == signal.SIGUSR1
     assert signal.getsignal(signal.SIGTERM) == before
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+    monkeypatch.setattr("hvdl.dist.world_size", lambda: 1)  # one process: no allreduce
+    with StopSignal(every=5):  # the run
+        with StopSignal(every=5) as first:  # a stage's loop
+            assert first.agreed(5) is None
+        signal.raise_signal(signal.SIGTERM)  # between the stages
+        with StopSignal(every=5) as second:
+            assert second.agreed(5) == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) == before
+    with StopSignal(every=5) as later:
+        assert later.received == 0
 
 
 @pytest.mark.slow
