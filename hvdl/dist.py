@@ -30,7 +30,7 @@ import torch
 
 from hvdl.errors import BadInput
 from hvdl.host import (cpu_threads, keep_freed_memory, launcher_size, main_thread_signals,
-                       pick_device)
+                       pick_device, whole_lines)
 
 
 class LaunchError(BadInput):
@@ -103,6 +103,7 @@ def knobs() -> dict[str, str | None]:
 def init(threads: int | None = None) -> Context:
     """Initialise Horovod (through mpi4py under MPI launchers), pin the device, set threads."""
     environ = dict(os.environ)
+    whole_lines()
     hvd = _hvd()
     controller = "gloo"
     if _uses_mpi(environ):

@@ -4,6 +4,7 @@ bit where an uninterrupted run ends, `--resume auto` at each stage boundary too;
 ranks equals one process, and `hvdl encode` writes every row once, in file order."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -186,14 +187,19 @@ def test_encode_writes_every_row_once_in_file_order(tmp_path, trained, family):
     assert tables[1].std(0).max() > 0  # the codes vary with the input
 
 
-def test_progress_comes_in_whole_lines_under_horovodrun(tmp_path):
+@pytest.mark.parametrize("launcher", ["gloo", "mpi"])
+def test_progress_comes_in_whole_lines_under_horovodrun(tmp_path, launcher):
     """Test that under horovodrun (no terminal) progress is whole lines, without carriage
     returns, naming the stage, epoch, step of total, samples/s, time left and cost."""
     proc = run_job(2, ["-m", "hvdl.train", "--train_size", "4000", "--epochs", "1",
-                       "--log_every", "5", "--results_dir", str(tmp_path)])
+                       "--log_every", "5", "--results_dir", str(tmp_path)], launcher,
+                   PYTHONUNBUFFERED="1")  # as job scripts often set: a write per print piece
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
     assert "\r" not in text
+    tag = re.compile(r"\[\d+(,\d+)?\]<std(out|err)>:")  # Gloo: [0]; MPI: [1,0]
+    torn = [line for line in text.splitlines() if tag.search(line, 1)]
+    assert not torn, torn[:3]  # the launcher's tag only ever starts a line
     lines = [line for line in proc.stdout.splitlines() if "train epoch 1: step" in line]
     assert lines and all("samples/s" in line and " left, cost " in line for line in lines)
     assert lines[-1].rstrip().endswith(tuple("0123456789")) and "31/31 (100%)" in lines[-1]
