@@ -32,12 +32,13 @@ from typing import Mapping
 
 BACKENDS = ("auto", "horovod", "mpi", "torch", "single")
 
-# What only some engines do, and the config value that asks for it (`requirements`).
+# What only some engines do: the config key and value that ask for it, what it is, the value
+# that does without it (`requirements`, `unsupported`).
 FEATURES = {
-    "elastic": ("elastic", "true", "elastic = false"),
-    "hooks": ("perf.grad_sync", "'hooks'", "perf.grad_sync 'fused'"),
-    "fp16": ("perf.fp16_compression", "true", "perf.fp16_compression false"),
-    "timeline": ("perf.timeline", "true", "perf.timeline false"),
+    "elastic": ("elastic", "true", "elastic training", "elastic false"),
+    "hooks": ("perf.grad_sync", "'hooks'", "per-tensor hook optimizer", "perf.grad_sync fused"),
+    "fp16": ("perf.fp16_compression", "true", "fp16 compression", "perf.fp16_compression false"),
+    "timeline": ("perf.timeline", "true", "Horovod timeline", "perf.timeline false"),
 }
 
 SETUP = "bash launch/setup.sh (builds Horovod 0.28.1 with PyTorch, MPI and Gloo)"
@@ -97,10 +98,10 @@ def unsupported(engine: str, needs: dict[str, str], features: frozenset[str]) ->
     """The one-line reason `engine` cannot run this config, or None."""
     for feature in needs:
         if feature not in features:
-            key, value, instead = FEATURES[feature]
-            return (f"config key {key!r} is {value} and the engine is {engine}, which has no "
-                    f"{feature}; allowed: dist.backend horovod (or auto, which picks it when "
-                    f"Horovod is installed), or {instead}")
+            key, value, what, instead = FEATURES[feature]
+            return (f"config key {key!r} is {value} and the {engine} engine has no {what}; "
+                    "allowed: dist.backend horovod (or auto, which picks it when Horovod is "
+                    f"installed), or {instead}")
     return None
 
 
