@@ -88,13 +88,13 @@ def digits(tmp_path_factory):
 GLOBAL_BATCH = 128
 
 
-def one_batch_run(results, np_, where, data, extra=()):
+def one_batch_run(results, np_, where, data, extra=(), **env):
     """Two SGD steps (momentum) on one global batch of 128, the whole shard on any world size."""
     return check_job(np_, ["-m", "hvdl.train", *data, "--train_size", str(GLOBAL_BATCH),
                            "--batch_size", str(GLOBAL_BATCH // np_), "--epochs", "2",
                            "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
                            "--lr_scaling", "none", "--schedule", "constant",
-                           "--results_dir", str(results), *extra], where, timeout=300)
+                           "--results_dir", str(results), *extra], where, timeout=300, **env)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,26 @@ def initial_weights():
 
     torch.manual_seed(42)
     return LeNet5().state_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.parametrize("engine, where, gpus, env", [
+    ("mpi", "mpirun", 1, {"HVDL_CUDA_AWARE_MPI": "0"}),  # through pinned host buffers
+    ("mpi", "mpirun", 1, {}),  # CUDA-aware if Open MPI says so, else pinned again
+    ("torch", "torchrun", 2, {}),  # NCCL: one GPU per rank
+], ids=["mpi-pinned", "mpi-cuda-aware", "torch-nccl"])
+def test_gpu_engines_on_two_ranks_equal_one_gpu_process(tmp_path, digits, engine, where, gpus,
+                                                        env):
+    """Test that the engines' GPU paths give one GPU process's weights on 2 ranks."""
+    if torch.cuda.device_count() < gpus:
+        pytest.skip(f"needs {gpus} CUDA device(s)")
+    one_batch_run(tmp_path / "one", 1, "python", digits)
+    one_batch_run(tmp_path / "two", 2, where, digits, ["--dist.backend", engine], **env)
+    reference = newest_checkpoint(tmp_path / "one")["model"]
+    two = newest_checkpoint(tmp_path / "two")["model"]
+    for name, w1 in reference.items():  # cuDNN's sums differ with the batch split
+        torch.testing.assert_close(two[name], w1, rtol=0, atol=1e-5, msg=name)
 
 
 # --- evaluation -----------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ communicator of its own, which Open MPI progresses during the next steps' collec
 GPU tensors go to MPI directly when the MPI library is CUDA-aware (Open MPI's
 `MPIX_Query_cuda_support`, or HVDL_CUDA_AWARE_MPI=1/0 to say so), after the current stream has
 finished writing them; otherwise through a pinned host buffer per size and type (copy to host,
-reduce there, copy back without waiting). Neither GPU path runs on the project's CPU machine:
-tests/test_engines.py covers the CPU path, the GPU check (launch/gpu-check.sh) the others.
+reduce there, copy back without waiting). The project's machine has no GPU, so only the CPU path
+has run; tests/test_engines.py has a GPU test of both others, skipped without a CUDA device.
 """
 
 from __future__ import annotations
