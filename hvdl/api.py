@@ -60,9 +60,10 @@ def build_config(model: str, options: dict[str, Any]) -> Config:
 
 
 def start(config: Config) -> dist.Context:
-    """Horovod (or one process) started once per process, its knobs from the first config."""
+    """The collective engine started once per process, its settings from the first config."""
     dist.set_horovod_knobs(config.perf, elastic=config.elastic)
-    return dist.init(threads=config.threads or None)
+    return dist.init(threads=config.threads or None, backend=config.dist.backend,
+                     needs=dist.requirements(config))
 
 
 def fit(model: str = "lenet5", *, data: str | Path | dict[str, Any] | None = None,

@@ -3,10 +3,11 @@
     python -m hvdl.train --model lenet5 --epochs 5 --lr 0.02 --sae.rho 0.05
 
 A recipe is a TOML file in `models/` whose top-level keys set `Config` fields and whose tables
-(`[sae]`, `[rbm]`, `[data]`, `[patches]`, `[perf]`) set the fields of the matching section. On the command
-line `--key value` (or `--key=value`) sets a top-level field and `--section.key value` a section
-field; a boolean field given alone (`--zca`) means true. Unknown keys, wrong types and values
-out of range raise `ConfigError` naming the key and what is allowed (hvdl/config_rules.py).
+(`[sae]`, `[rbm]`, `[data]`, `[patches]`, `[perf]`, `[dist]`) set the fields of the matching
+section. On the command line `--key value` (or `--key=value`) sets a top-level field and
+`--section.key value` a section field; a boolean field given alone (`--zca`) means true.
+Unknown keys, wrong types and values out of range raise `ConfigError` naming the key and what
+is allowed (hvdl/config_rules.py).
 """
 
 from __future__ import annotations
@@ -134,6 +135,14 @@ class PerfConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """The collective engine (hvdl/dist/)."""
+
+    # auto: the launcher's (horovodrun: horovod, mpirun/srun: mpi, torchrun: torch, none: single)
+    backend: Literal["auto", "horovod", "mpi", "torch", "single"] = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that decides a run."""
 
@@ -180,10 +189,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 SECTIONS = {"sae": SAEConfig, "rbm": RBMConfig, "data": DataConfig, "patches": PatchConfig,
-            "perf": PerfConfig}
+            "perf": PerfConfig, "dist": DistConfig}
 
 
 def models_dir() -> Path:

@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         check_out(args.out)
     except BadInput as err:
         raise fail(str(err), launcher_rank() == 0) from None
-    ctx = dist.init(threads=config.threads or None)
+    try:  # the engine the checkpoint's run asked for, unless --dist.backend says otherwise
+        ctx = dist.init(threads=config.threads or None, backend=config.dist.backend)
+    except BadInput as err:
+        raise fail(str(err), launcher_rank() == 0) from None
     try:
         data = dataset.load(config, ctx, images=trained.family.images, given=trained.data,
                             splits=("all",))

@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         config = with_overrides(trained, rest, args.data_dir)
     except BadInput as err:
         raise fail(str(err), launcher_rank() == 0) from None
-    ctx = dist.init(threads=config.threads or None)
+    try:  # the engine the checkpoint's run asked for, unless --dist.backend says otherwise
+        ctx = dist.init(threads=config.threads or None, backend=config.dist.backend)
+    except BadInput as err:
+        raise fail(str(err), launcher_rank() == 0) from None
     family = trained.family
     try:
         data = dataset.load(config, ctx, labels=family.classifier is not None,

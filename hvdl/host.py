@@ -1,5 +1,6 @@
 """This process's place on its machine: what the launcher announced, threads, device, signals,
-the allocator. No Horovod or mpi4py here; hvdl/dist.py calls these while it initialises.
+the allocator. No Horovod, mpi4py or torch.distributed here; hvdl/dist/ calls these while it
+initialises.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import ctypes
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 if TYPE_CHECKING:
     import torch
@@ -26,19 +27,25 @@ _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "SLURM_N
                        "HOROVOD_SIZE")
 
 
-def launcher_rank(environ: dict[str, str] | None = None) -> int:
-    """This process's rank as the launcher announces it, readable before Horovod starts."""
+def _torchrun(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """torchrun's variables, trusted only under torchrun (RANK alone is too common a name)."""
+    return ("RANK", "WORLD_SIZE") if "TORCHELASTIC_RUN_ID" in environ else ("", "")
+
+
+def launcher_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's rank as the launcher announces it, readable before any engine starts."""
     environ = os.environ if environ is None else environ
-    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+    for var in ("HOROVOD_RANK", _torchrun(environ)[0], "OMPI_COMM_WORLD_RANK", "PMIX_RANK",
+                "PMI_RANK", "SLURM_PROCID"):
         if environ.get(var, "").isdigit():
             return int(environ[var])
     return 0
 
 
-def launcher_size(environ: dict[str, str] | None = None) -> tuple[int, str | None]:
+def launcher_size(environ: Mapping[str, str] | None = None) -> tuple[int, str | None]:
     """Return (tasks, variable) as announced by the launcher; (1, None) when none says."""
     environ = os.environ if environ is None else environ
-    for var in _LAUNCHER_SIZE_VARS:
+    for var in (*_LAUNCHER_SIZE_VARS, _torchrun(environ)[1]):
         value = environ.get(var, "")
         if value.isdigit() and int(value) > 1:
             # SLURM_NTASKS describes the allocation; only trust it inside a job step (srun).

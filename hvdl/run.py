@@ -81,8 +81,11 @@ def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Pat
     run_dir = resume_dir(resume_from)
     run = open_run(config, ctx, run_dir)
     try:
+        run.print(f"hvdl: engine {ctx.engine} ({ctx.reason})")
         run.write_metadata(world_size=ctx.size, inventory=dist.inventory(ctx),
-                           extra={"controller": ctx.controller, "horovod": dist.knobs(),
+                           extra={"engine": ctx.engine, "engine_reason": ctx.reason,
+                                  "controller": ctx.controller,
+                                  "horovod": dist.knobs() if ctx.engine == "horovod" else None,
                                   "resumed_from": str(resume_from) if resume_from else None})
         run.print(f"hvdl: {config.recipe} ({config.family}) on {ctx.size} rank(s), "
                   f"device {ctx.device}, run folder {run.dir}"

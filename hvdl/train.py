@@ -3,6 +3,7 @@
     python -m hvdl.train                                   # one process, LeNet-5 on MNIST
     horovodrun -np 4 python -m hvdl.train --model dbn_mnist --epochs 50
     mpirun -np 4 python -m hvdl.train --model sae_patches
+    torchrun --nproc_per_node 4 -m hvdl.train --model lenet5
     srun --mpi=pmix python -m hvdl.train --model lenet5     # inside a Slurm allocation
     tensorboard --logdir results/runs
 
@@ -26,7 +27,6 @@ import sys
 from hvdl import config as configlib
 from hvdl import dist
 from hvdl.config import ConfigError
-from hvdl.dist import LaunchError
 from hvdl.engine import NonFiniteLoss
 from hvdl.errors import BadInput, fail
 from hvdl.host import launcher_rank
@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         raise fail(str(err), is_root) from None
     dist.set_horovod_knobs(config.perf, elastic=config.elastic)
     try:
-        ctx = dist.init(threads=config.threads or None)
-    except LaunchError as err:
+        ctx = dist.init(threads=config.threads or None, backend=config.dist.backend,
+                        needs=dist.requirements(config))
+    except BadInput as err:  # the launcher and the engine, or the engine and the config
         raise fail(str(err), is_root) from None
     try:
         run_training(config, ctx)

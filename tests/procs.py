@@ -1,4 +1,5 @@
-"""Start real multi-process jobs from tests: horovodrun (Gloo or MPI), mpirun, or plain python."""
+"""Start real multi-process jobs from tests: horovodrun (Gloo or MPI), mpirun, torchrun, or plain
+python."""
 
 from __future__ import annotations
 
@@ -32,13 +33,16 @@ def job_env(**extra: str) -> dict[str, str]:
 def launch_command(np: int, args: list[str], launcher: str = "gloo") -> list[str]:
     """The command line that runs `python <args>` on `np` ranks.
 
-    launcher: "gloo" (horovodrun --gloo), "mpi" (horovodrun --mpi), "mpirun", or "python"
-    (a single plain process; np must be 1).
+    launcher: "gloo" (horovodrun --gloo), "mpi" (horovodrun --mpi), "mpirun", "torchrun" (on a
+    free local port), or "python" (a single plain process; np must be 1).
     """
     python = [sys.executable, *args]
     if launcher == "python":
         assert np == 1
         return python
+    if launcher == "torchrun":  # torchrun takes `-m module` or a script, as python does
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(np), *args]
     if launcher == "mpirun":
         return ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(np),
                 "--bind-to", "none", *python]
@@ -102,6 +106,8 @@ def rank_pids(proc: subprocess.Popen, size: int, timeout: float = 60) -> dict[in
             except psutil.Error:
                 continue
             rank = environ.get("HOROVOD_RANK", environ.get("OMPI_COMM_WORLD_RANK"))
+            if rank is None and "TORCHELASTIC_RUN_ID" in environ:  # a torchrun worker
+                rank = environ.get("RANK")
             if rank is not None:
                 found[int(rank)] = child.pid
         if len(found) == size:

@@ -54,15 +54,21 @@ def test_hvdl_command_lists_subcommands():
     assert proc.returncode == 2 and "allowed: train, eval, fetch, report, bench" in proc.stderr
 
 
-def test_launcher_with_more_tasks_than_horovod_sees_is_an_error(tmp_path):
-    """Test that srun announcing 2 tasks to a Horovod of size 1 fails with the reason."""
+@pytest.mark.parametrize("backend, words", [
+    ("auto", "the mpi engine sees one; allowed: srun --mpi=pmix"),  # auto: mpi under srun
+    ("horovod", "the horovod engine sees one; this Horovod was probably built without MPI"),
+    ("single", "the single engine sees one; allowed: dist.backend auto, mpi, torch or horovod"),
+])
+def test_launcher_with_more_tasks_than_the_engine_sees_is_an_error(tmp_path, backend, words):
+    """Test that srun announcing 2 tasks to an engine of size 1 fails with the reason."""
     proc = subprocess.run(
-        [sys.executable, "-m", "hvdl.train", "--results_dir", str(tmp_path)], cwd=ROOT,
+        [sys.executable, "-m", "hvdl.train", "--dist.backend", backend, "--results_dir",
+         str(tmp_path)], cwd=ROOT,
         env=job_env(SLURM_NTASKS="2", SLURM_STEP_ID="0", SLURM_PROCID="0"),
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
-    assert "SLURM_NTASKS=2" in line and "Horovod sees one" in line and "--mpi=pmix" in line
+    assert "the launcher started 2 tasks (SLURM_NTASKS=2)" in line and words in line, line
     assert not any(tmp_path.iterdir())
 
 
@@ -136,6 +142,20 @@ BAD_INPUT = {
         lambda t: ["--model", "dbn_small", "--rbm.pretrained", str(t / "nowhere")],
         "stages/pretrain1.pt does not exist; allowed: a run folder whose stages/ hold "
         "pretrain1.pt, pretrain2.pt"),
+    "unknown-engine": (lambda t: ["--dist.backend", "nccl"],
+                       "'dist.backend' is 'nccl'; allowed: auto, horovod, mpi, torch, single"),
+    "hooks-without-horovod": (
+        lambda t: ["--perf.grad_sync", "hooks", "--dist.backend", "mpi"],
+        "'perf.grad_sync' is 'hooks' and the mpi engine has no per-tensor hook optimizer; "
+        "allowed: dist.backend horovod"),
+    "timeline-without-horovod": (
+        lambda t: ["--perf.timeline", "--dist.backend", "single"],
+        "'perf.timeline' is true and the single engine has no Horovod timeline"),
+    "elastic-without-horovod": (lambda t: ["--elastic", "--dist.backend", "torch"],
+                                "'elastic' is true and the torch engine has no elastic training"),
+    "fp16-without-horovod": (
+        lambda t: ["--perf.fp16_compression", "--dist.backend", "mpi"],
+        "'perf.fp16_compression' is true and the mpi engine has no fp16 compression"),
     "pretrained-for-a-single-rbm": (
         lambda t: ["--model", "rbm_mnist", "--rbm.pretrained", str(t)],
         "'rbm.pretrained' is set for family 'rbm'; allowed: families dbn and deep_ae"),
