@@ -82,7 +82,8 @@ def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Pat
     run = open_run(config, ctx, run_dir)
     try:
         run.print(f"hvdl: engine {ctx.engine} ({ctx.reason})")
-        run.write_metadata(world_size=ctx.size, inventory=dist.inventory(ctx),
+        inventory = dist.inventory(ctx)
+        run.write_metadata(world_size=ctx.size, inventory=inventory,
                            extra={"engine": ctx.engine, "engine_reason": ctx.reason,
                                   "controller": ctx.controller,
                                   "horovod": dist.knobs() if ctx.engine == "horovod" else None,
@@ -94,7 +95,13 @@ def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Pat
         if config.perf.timeline:
             dist.start_timeline(run.dir / "horovod_timeline.json" if run.dir else None)
         with preemption.StopSignal(config.stop_check_every):  # notes a signal between loops
-            final = family.train(config, ctx, run, state=state)
+            try:
+                final = family.train(config, ctx, run, state=state)
+            except (BadInput, NonFiniteLoss, preemption.Stopped):
+                raise
+            except Exception as err:  # a rank or host gone: say which, not a traceback
+                dist.check_peers(err, ctx, inventory)
+                raise
         if config.perf.timeline:
             dist.stop_timeline()
         run.record(final=final, peak_rss_mb=peak_memory(ctx))

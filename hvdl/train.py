@@ -17,7 +17,9 @@ Exit status, the same on every rank:
     1  the loss or the weights became NaN or infinite; the last good checkpoint is kept
     2  bad input, found before any work: one line on rank 0, no files left behind (the cases
        and their messages: results/bad_input.md)
-A rank that dies makes the launcher end the job with its own non-zero status (tests/test_faults.py).
+A rank that dies makes the launcher end the job with its own non-zero status
+(tests/test_faults.py); a rank whose collective fails because a peer is gone exits 1 with one
+line naming the ranks and hosts that stopped answering (hvdl/peers.py, tests/test_multihost.py).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         raise fail(str(err), ctx.is_root, status=1) from None
     except Stopped:  # every rank stops after the same step; rank 0 has saved and said so
         pass
+    except dist.PeersLost as err:  # every rank left says what it sees
+        raise fail(str(err), True, status=1) from None
     dist.shutdown()
     return 0
 

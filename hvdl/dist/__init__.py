@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from hvdl import peers
 from hvdl.config_rules import ConfigError
 from hvdl.dist import launcher
 from hvdl.dist.base import Engine, SingleEngine
@@ -42,7 +43,8 @@ from hvdl.dist.horovod_engine import KNOBS, HorovodEngine, set_knobs
 from hvdl.dist.mpi_engine import MPIEngine
 from hvdl.dist.torch_engine import TorchEngine
 from hvdl.errors import BadInput
-from hvdl.host import cpu_threads, keep_freed_memory, launcher_size, pick_device, whole_lines
+from hvdl.host import (cpu_threads, keep_freed_memory, launcher_size, main_thread_signals,
+                       pick_device, whole_lines)
 
 ENGINES: dict[str, type[Engine]] = {"horovod": HorovodEngine, "mpi": MPIEngine,
                                     "torch": TorchEngine, "single": SingleEngine}
@@ -50,6 +52,10 @@ ENGINES: dict[str, type[Engine]] = {"horovod": HorovodEngine, "mpi": MPIEngine,
 
 class LaunchError(BadInput):
     """The launcher and the engine disagree about the job (a Gloo-only build under srun, say)."""
+
+
+class PeersLost(RuntimeError):
+    """A collective failed under this rank because another rank or its host is gone."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Context:
     controller: str
     engine: str = "single"  # the collective engine running: horovod, mpi, torch or single
     reason: str = ""  # why that engine, e.g. "started by mpirun; auto"
+    beacon_port: int | None = None  # where this rank answers while it lives (hvdl/peers.py)
 
     @property
     def is_root(self) -> bool:
@@ -79,6 +86,7 @@ class _Active:
 
     engine: Engine | None = None
     why = ""
+    beacon: peers.Beacon | None = None
 
 
 def _engine() -> Engine:
@@ -132,14 +140,21 @@ def init(threads: int | None = None, backend: str = "auto",
     else:
         torch.set_num_threads(n_threads)
         keep_freed_memory()
+    if engine.size > 1 and engine.controller != "elastic" and _Active.beacon is None:
+        with main_thread_signals():  # elastic: Horovod replaces lost workers itself
+            _Active.beacon = peers.Beacon()
     return Context(**engine.place(), device=device, threads=n_threads,
-                   controller=engine.controller, engine=engine.name, reason=_Active.why)
+                   controller=engine.controller, engine=engine.name, reason=_Active.why,
+                   beacon_port=_Active.beacon.port if _Active.beacon else None)
 
 
 def shutdown() -> None:
     if _Active.engine is not None:
         _Active.engine.shutdown()
         _Active.engine = None
+    if _Active.beacon is not None:
+        _Active.beacon.close()
+        _Active.beacon = None
 
 
 def current(ctx: Context) -> Context:
@@ -242,12 +257,24 @@ def local_root_first(ctx: Context) -> Iterator[None]:
 def inventory(ctx: Context) -> list[dict[str, Any]]:
     """Host, device and thread count of every rank, in rank order (a collective)."""
     mine = {"rank": ctx.rank, "local_rank": ctx.local_rank, "host": socket.gethostname(),
-            "device": str(ctx.device), "threads": ctx.threads}
+            "device": str(ctx.device), "threads": ctx.threads, "beacon_port": ctx.beacon_port}
     if ctx.device.type == "cuda":
         mine["device_name"] = torch.cuda.get_device_name(ctx.device)
     if ctx.size == 1 or ctx.controller == "elastic":  # a worker that joins later runs this alone
         return [mine]
     return allgather_object(mine, name="inventory")
+
+
+def check_peers(err: BaseException, ctx: Context, inventory: list[dict[str, Any]]) -> None:
+    """Raise PeersLost naming the ranks and hosts that stopped answering when `err` ended this
+    rank's training in a multi-rank job and some peer is gone; return if every peer answers (then
+    `err` is this rank's own failure, reported as it is)."""
+    if ctx.beacon_port is None:
+        return
+    gone = peers.missing(inventory, ctx.rank)
+    if gone:
+        raise PeersLost(f"the {ctx.engine} engine failed on rank {ctx.rank} "
+                        f"({socket.gethostname()}): " + "; ".join(gone)) from err
 
 
 def all_ranks(flag: bool, name: str) -> bool:
