@@ -39,7 +39,7 @@ def bench_config(args: argparse.Namespace) -> Config:
         "threads": args.threads, "log_every": 50, "seed": 0,
         "sae.rho": bench_plain.SAE["rho"], "sae.beta": bench_plain.SAE["beta"],
         "sae.lam": bench_plain.SAE["lam"], "rbm.weight_cost": bench_plain.RBM_WEIGHT_COST,
-        "rbm.initial_momentum": 0.9, "rbm.pretrain_lr": spec.lr}
+        "rbm.initial_momentum": 0.9, "rbm.pretrain_lr": spec.lr, "dist.backend": args.engine}
     for item in args.perf:
         key, _, value = item.partition("=")
         values[f"perf.{key}"] = value
@@ -98,7 +98,7 @@ def hvdl_main(args: argparse.Namespace) -> dict[str, Any] | None:
     dist.set_horovod_knobs(config.perf)
     if args.horovod_timeline:
         os.environ["HOROVOD_TIMELINE"] = "DYNAMIC"
-    ctx = dist.init(threads=args.threads)
+    ctx = dist.init(threads=args.threads, backend=config.dist.backend)
     batch = SPECS[args.model].batch
     x, y = bench_plain.synthetic_data(args.model, max(args.steps, args.warmup), ctx.rank,
                                       ctx.device)
@@ -130,5 +130,5 @@ def hvdl_main(args: argparse.Namespace) -> dict[str, Any] | None:
     dist.shutdown()
     if not ctx.is_root:
         return None
-    return job_report(args, ranks, ctx.device, controller=ctx.controller,
+    return job_report(args, ranks, ctx.device, controller=ctx.controller, engine=ctx.engine,
                       perf=configlib.to_dict(config)["perf"])

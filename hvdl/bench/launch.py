@@ -39,7 +39,14 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     "hvdl-noyield": ({}, {"OMPI_MCA_mpi_yield_when_idle": "0"}),  # Open MPI busy-polls
     "hvdl-average4": ({"sync": "average", "sync_every": "4"}, {}),
     "hvdl-bindcore": ({}, {}),  # each rank (and its Horovod thread) bound to one core
+    "hvdl-mpi": ({}, {}),  # the mpi engine: mpi4py's Allreduce, under mpirun
+    "hvdl-torch": ({}, {}),  # the torch engine: torch.distributed's Gloo, under torchrun
+    "hvdl-single": ({}, {}),  # one process, neither Horovod nor MPI imported (1 rank only)
 }
+
+# The collective engine (dist.backend) of each hvdl variant; the others run Horovod under
+# horovodrun, or the single engine at one rank (dist.backend auto).
+ENGINES = {"hvdl-mpi": "mpi", "hvdl-torch": "torch", "hvdl-single": "single"}
 
 # Open MPI's --bind-to for the hvdl variants under MPI; every other job floats over all cores.
 BINDING = {"hvdl-bindcore": "core"}
@@ -95,13 +102,17 @@ def job_env(threads: int, extra: dict[str, str], malloc: bool = True) -> dict[st
 
 
 def command(impl: str, ranks: int, worker: list[str], controller: str) -> list[str]:
-    """The launcher line: python for one process, horovodrun for hvdl, torchrun for DDP."""
+    """The launcher line: python for one process; for N: horovodrun for hvdl, mpirun for its mpi
+    engine, torchrun for its torch engine and DDP."""
     python = [sys.executable, "-m", "hvdl.bench.worker", *worker]
-    if impl == "ddp":
+    if impl in ("ddp", "hvdl-torch") and ranks > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", str(ranks), *python[1:]]
     if ranks == 1:
         return python
+    if impl == "hvdl-mpi":
+        return ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks),
+                *(["--allow-run-as-root"] if os.geteuid() == 0 else []), *python]
     horovodrun = str(Path(sys.executable).parent / "horovodrun")
     mpi_args = [f"--mpi-args=--oversubscribe --bind-to {BINDING.get(impl, 'none')}" +
                 (" --allow-run-as-root" if os.geteuid() == 0 else "")] \
@@ -143,6 +154,8 @@ def worker_args(args: argparse.Namespace, model: str, impl: str, ranks: int, rep
     worker = ["--impl", "hvdl" if impl.startswith("hvdl") else impl, "--model", model,
               "--steps", str(args.steps), "--warmup", str(args.warmup),
               "--threads", str(threads_for(args, ranks)), "--report", str(report)]
+    if impl in ENGINES:
+        worker += ["--engine", ENGINES[impl]]
     perf = VARIANTS.get(impl, ({}, {}))[0]
     if perf:
         worker += ["--perf", *(f"{k}={v}" for k, v in perf.items())]

@@ -71,11 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, int]]:
-    """(model, impl, ranks) of one repeat; plain runs once (it is one process)."""
+    """(model, impl, ranks) of one repeat; plain and hvdl-single run at one rank only."""
     jobs = []
     for model in args.models:
         for impl in args.variants:
-            for ranks in ([1] if impl == "plain" else args.ranks):
+            for ranks in ([1] if impl in ("plain", "hvdl-single") else args.ranks):
                 jobs.append((model, impl, ranks))
     return jobs
 

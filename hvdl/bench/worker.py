@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--perf", nargs="*", default=[], metavar="KEY=VALUE",
                         help="hvdl config.perf overrides, e.g. grad_sync=hooks")
+    parser.add_argument("--engine", default="auto",
+                        choices=("auto", "horovod", "mpi", "torch", "single"),
+                        help="hvdl's collective engine (dist.backend)")
     parser.add_argument("--horovod-timeline", default="",
                         help="hvdl: write a Horovod timeline of the timed steps here")
     parser.add_argument("--report", required=True, help="JSON written by rank 0")
