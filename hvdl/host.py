@@ -141,6 +141,32 @@ def seconds_since_start() -> float:
     """Seconds since this process started (its start-up, imports and data included)."""
     import time
 
-    import psutil
-
+    try:
+        import psutil
+    except ImportError:  # Linux without psutil: field 22 of /proc/self/stat, in clock ticks
+        ticks = int(open("/proc/self/stat").read().rpartition(")")[2].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     return time.time() - psutil.Process().create_time()
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB."""
+    try:
+        import psutil
+    except ImportError:  # Linux without psutil
+        return _proc_kib("/proc/self/status", "VmRSS:") / 1024
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def available_bytes() -> int:
+    """Memory the machine can still give without swapping."""
+    try:
+        import psutil
+    except ImportError:  # Linux without psutil
+        return _proc_kib("/proc/meminfo", "MemAvailable:") * 1024
+    return psutil.virtual_memory().available
+
+
+def _proc_kib(path: str, key: str) -> int:
+    with open(path) as lines:
+        return next(int(line.split()[1]) for line in lines if line.startswith(key))

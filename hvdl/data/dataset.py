@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from hvdl import host
 from hvdl.config import Config, ConfigError
 from hvdl.data import chunks
 from hvdl.data.chunks import Order, Piece
@@ -77,15 +78,7 @@ def budget(config: Config, ctx: Context) -> int:
         return int(config.data.budget_mb * 2**20)
     if ctx.device.type == "cuda":
         return torch.cuda.mem_get_info(ctx.device)[0] // 2
-    import psutil
-
-    return psutil.virtual_memory().available // 2 // max(1, ctx.local_size)
-
-
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
+    return host.available_bytes() // 2 // max(1, ctx.local_size)
 
 
 def decide(config: Config, ctx: Context, sharing: Sharing, nbytes: int, held: bool) -> bool:
@@ -193,7 +186,7 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
     "train" and "test", or "all": every row of data.path in file order, nothing held out, as
     the training shard in storage order (what `hvdl encode` reads).
     """
-    started, rss_before = time.perf_counter(), rss_mb()
+    started, rss_before = time.perf_counter(), host.rss_mb()
     sharing, spec = Sharing(ctx), config.data
     whole = "all" in splits
     splits = ("train",) if whole else splits
@@ -244,7 +237,7 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
                   found=found[0], test_found=test_found and test_found[0], hold=hold,
                   budget_bytes=budget(config, ctx),
                   pieces=sharing.gather([[q.file, q.start, q.stop] for q in mine], "data.pieces"),
-                  memory=sharing.gather([rss_before, rss_mb()], "data.rss"),
+                  memory=sharing.gather([rss_before, host.rss_mb()], "data.rss"),
                   seconds=time.perf_counter() - started)
     if run is not None:
         run.record_data(info)
