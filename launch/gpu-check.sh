@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, run hvdl from this tree and record what it does
-# there, in about 5 minutes on one H200; installs nothing and needs no network.
+# there, in at most 330 s (meant to fit 6 minutes on one H200); installs nothing, needs no network.
 #
 #   bash launch/gpu-check.sh                  # results in results/gpu/<date>-<host>/
 #   bash launch/gpu-check.sh --out DIR        # or: bash launch/gpu-check.sh DIR
