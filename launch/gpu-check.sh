@@ -35,7 +35,7 @@ while (($#)); do
     case $1 in
         --out) out=${2:?gpu-check: --out needs a folder}; shift 2 ;;
         --out=*) out=${1#--out=}; shift ;;
-        -h | --help) sed -n '2,/^set -euo/{/^set/d; s/^# \{0,1\}//; p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h | --help) sed -n '2,/^set -euo/{/^set/d; s/^# \{0,1\}//; p}' "$0"; exit 0 ;;
         -*) echo "gpu-check: unknown option $1; allowed: --out DIR, or DIR alone" >&2; exit 2 ;;
         *) out=$1; shift ;;
     esac
