@@ -25,7 +25,8 @@ class Beacon:
     def __init__(self) -> None:
         self._sock = socket.create_server(("", 0), backlog=64)
         self.port: int = self._sock.getsockname()[1]
-        threading.Thread(target=self._serve, name="hvdl-beacon", daemon=True).start()
+        self._thread = threading.Thread(target=self._serve, name="hvdl-beacon", daemon=True)
+        self._thread.start()
 
     def _serve(self) -> None:
         while True:
@@ -36,7 +37,14 @@ class Beacon:
             conn.close()
 
     def close(self) -> None:
+        """Stop answering; the thread has ended when this returns (a close alone leaves a
+        thread blocked in accept on Linux, there at interpreter exit)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        except OSError:
+            pass
         self._sock.close()
+        self._thread.join(timeout=5)
 
 
 def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> str | None:

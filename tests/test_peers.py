@@ -10,6 +10,7 @@ def test_a_live_beacon_answers_and_a_closed_one_reads_as_a_gone_process():
     assert peers.probe("localhost", beacon.port) is None  # it keeps answering
     beacon.close()
     assert peers.probe("localhost", beacon.port) == "its process is gone"
+    assert not beacon._thread.is_alive()  # not left blocked in accept until the process exits
 
 
 def test_missing_names_only_the_ranks_that_do_not_answer():
