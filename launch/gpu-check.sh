@@ -192,9 +192,10 @@ read -r -d '' MODULES_PY <<'EOF' || true
 import importlib
 import sys
 
-NEEDED = ["torch", "numpy", "scipy", "matplotlib", "skimage", "tensorboard", "tqdm", "psutil",
-          "pyarrow", "h5py", "pytest"]
-OPTIONAL = {"mpi4py": "the mpi engine", "PIL": "image folders", "horovod": "the horovod engine"}
+NEEDED = ["torch", "numpy", "scipy", "matplotlib", "skimage", "tensorboard", "tqdm", "pyarrow",
+          "h5py", "pytest"]
+OPTIONAL = {"mpi4py": "the mpi engine", "PIL": "image folders", "horovod": "the horovod engine",
+            "psutil": "the fault tests (hvdl reads /proc without it)"}
 
 
 def missing(names):

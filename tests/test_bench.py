@@ -156,3 +156,23 @@ def test_malloc_default_leaves_glibc_alone_in_every_job():
     assert tuned["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20) and "HVDL_MALLOC" not in tuned
     assert plain["HVDL_MALLOC"] == "default"
     assert plain.get("MALLOC_MMAP_THRESHOLD_") == os.environ.get("MALLOC_MMAP_THRESHOLD_")
+
+
+def test_plain_sparse_ae_computes_the_objective_hvdl_does():
+    """Test that the plain loop's sparse-AE loss has hvdl's value of J and hvdl's gradient, so
+    that the two loops are timed on the same work."""
+    import torch
+
+    from hvdl.bench import plain
+    from hvdl.models import autoencoder as ae
+
+    net = plain.build("sae")
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(0))
+    loss = plain.sparse_loss(net, net(x), x, plain.identity, 1)
+    model = ae.SparseAutoencoder(n_visible=784, n_hidden=196)
+    model.load_state_dict(net.state_dict())
+    share, terms = ae.sparse_share(x, *model(x), model.weights(), **plain.SAE)
+    assert float(loss.detach()) == pytest.approx(float(terms.cost), rel=1e-6)
+    loss.backward()
+    share.backward()
+    assert torch.allclose(net.encoder.weight.grad, model.encoder.weight.grad, atol=1e-7)

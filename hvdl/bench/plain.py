@@ -113,21 +113,28 @@ def identity(tensor: torch.Tensor) -> torch.Tensor:
 
 def sparse_loss(net: SparseAE, out: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
                 reduce_sum: Reduce, ranks: int) -> torch.Tensor:
-    """UFLDL's J with ρ̂ over all ranks' examples; its gradient, averaged over ranks, is ∇J.
+    """UFLDL's J with ρ̂ over all ranks' examples: its value, and a gradient that, averaged
+    over ranks, is ∇J.
 
     The KL term's gradient is c_j/m per activation once the global ρ̂ is known, so each rank
-    backpropagates its share; × ranks because DDP averages rather than sums gradients.
+    backpropagates its share; × ranks because DDP averages rather than sums gradients. The
+    value is J itself (reconstruction, weight decay and the KL sparsity term), the cost a user
+    logs, so that the loop computes what hvdl's does.
     """
     x_hat, a2 = out
     err = ((x_hat - x) ** 2).sum()
     a_sum = a2.sum(0)  # (196,)
-    total = reduce_sum(torch.cat([a_sum.detach(), x.new_tensor([len(x)])]))  # (197,)
+    total = reduce_sum(torch.cat([a_sum.detach(), err.detach().reshape(1),
+                                  x.new_tensor([len(x)])]))  # (198,)
     m = total[-1]
-    rho_hat = (total[:-1] / m).clamp(1e-6, 1 - 1e-6)  # (196,)
+    rho_hat = (total[:-2] / m).clamp(1e-6, 1 - 1e-6)  # (196,)
     rho, beta, lam = SAE["rho"], SAE["beta"], SAE["lam"]
     c = beta * (-rho / rho_hat + (1 - rho) / (1 - rho_hat))  # ∂(β Σ KL)/∂ρ̂
     decay = 0.5 * lam * ((net.encoder.weight ** 2).sum() + (net.decoder.weight ** 2).sum())
-    return ranks * (err / (2 * m) + (a_sum @ c) / m) + decay
+    share = ranks * (err / (2 * m) + (a_sum @ c) / m) + decay
+    kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+    cost = total[-2] / (2 * m) + decay.detach() + beta * kl.sum()
+    return share - share.detach() + cost
 
 
 @torch.no_grad()
