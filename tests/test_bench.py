@@ -95,6 +95,8 @@ def test_engine_variants_run_under_their_launchers_and_name_their_engine():
     assert mpi[0] == "mpirun" and mpi[mpi.index("-np") + 1] == "2"
     torchrun = bench_launch.command("hvdl-torch", 2, ["--report", "r.json"], "mpi")
     assert torchrun[1:3] == ["-m", "torch.distributed.run"]
+    assert bench_launch.command("ddp", 1, ["--report", "r.json"], "mpi")[1:3] == \
+        ["-m", "torch.distributed.run"]
     for impl, engine in (("hvdl-mpi", "mpi"), ("hvdl-torch", "torch"), ("hvdl-single", "single")):
         worker = bench_launch.worker_args(args, "lenet5", impl, 2, 1, Path("r.json"))
         assert worker[worker.index("--engine") + 1] == engine

@@ -105,7 +105,7 @@ def command(impl: str, ranks: int, worker: list[str], controller: str) -> list[s
     """The launcher line: python for one process; for N: horovodrun for hvdl, mpirun for its mpi
     engine, torchrun for its torch engine and DDP."""
     python = [sys.executable, "-m", "hvdl.bench.worker", *worker]
-    if impl in ("ddp", "hvdl-torch") and ranks > 1:
+    if impl == "ddp" or (impl == "hvdl-torch" and ranks > 1):  # DDP at 1 rank: torchrun too
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", str(ranks), *python[1:]]
     if ranks == 1:
