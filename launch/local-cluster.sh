@@ -16,7 +16,9 @@
 # kills slurmd): hostname nodeK, /etc/netns/nodeK/hosts (every node and `hvdl-host`, this
 # machine's side) bound over /etc/hosts, and private /tmp and /dev/shm, as real compute nodes
 # have (two nodes sharing /tmp make PMIx fail). The rest of the file system is shared, so every
-# node sees the same checkout, virtual environment and data.
+# node sees the same checkout, virtual environment and data; a checkout under /tmp (and any
+# folder under /tmp named in $HVDL_CLUSTER_SHARE, colon-separated) is bound at the same path into
+# every node's private /tmp when the node starts.
 #
 # ssh: one sshd per node (Debian's openssh-server, installed when missing) with its own config,
 # host key, pid file and authorized key, root login by key only. horovodrun and mpirun call
@@ -51,6 +53,8 @@ net=${HVDL_CLUSTER_NET:-10.213.0}
 with_slurm=${HVDL_CLUSTER_SLURM:-1}
 port=${HVDL_CLUSTER_SLURM_PORT:-6917}
 bridge=hvdl-br0
+checkout=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+share=${HVDL_CLUSTER_SHARE:+$HVDL_CLUSTER_SHARE:}$checkout
 export SLURM_CONF=$state/slurm/slurm.conf
 export PATH=$PATH:/usr/sbin:/sbin  # sshd, slurmd, slurmctld
 begin="# >>> hvdl launch/local-cluster.sh (removed by 'local-cluster.sh stop') >>>"
@@ -226,13 +230,19 @@ start_holder() {
     rm -f "$dir/holder.pid" "$dir/sshd.pid" "$state/slurm/node$k/slurmd.pid"
     # shellcheck disable=SC2046  # daemons left from an earlier holder live in its namespaces
     kill_all $(ip netns pids "node$k")
-    # shellcheck disable=SC2016  # the inner shell expands $1 and $2
+    # shellcheck disable=SC2016  # the inner shell expands $1, $2, $3
     setsid nsenter --net="/run/netns/node$k" unshare --uts --mount --propagation private \
         sh -c 'hostname "node$1" &&
                mount --bind "/etc/netns/node$1/hosts" /etc/hosts &&
-               mount --bind "$2/tmp" /tmp &&
+               for path in $(echo "$3" | tr ":" " "); do
+                   case $path in /tmp/?*)
+                       mkdir -p "$2/tmp/${path#/tmp/}" &&
+                       mount --bind "$path" "$2/tmp/${path#/tmp/}" || exit 1 ;;
+                   esac
+               done &&
+               mount --rbind "$2/tmp" /tmp &&
                mount -t tmpfs -o mode=1777 tmpfs /dev/shm &&
-               echo $$ >"$2/holder.pid" && exec sleep infinity' sh "$k" "$dir" \
+               echo $$ >"$2/holder.pid" && exec sleep infinity' sh "$k" "$dir" "$share" \
         </dev/null >"$dir/holder.log" 2>&1 &
     for _ in $(seq 50); do alive "$dir/holder.pid" && return 0; sleep 0.1; done
     local why
