@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -29,14 +30,19 @@ TWO_TASKS = ["--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-p
 
 
 @pytest.fixture(scope="module")
-def cluster() -> None:
-    """Start the local cluster (idempotent); skip the module where this machine cannot."""
-    proc = subprocess.run([str(ROOT / "launch" / "slurm-local.sh")], capture_output=True,
-                          text=True, timeout=900)
+def cluster():
+    """Start the local cluster (idempotent); skip the module where this machine cannot; stop it
+    afterwards if it was not running before."""
+    script = str(ROOT / "launch" / "slurm-local.sh")
+    running = shutil.which("scontrol") is not None and slurm("scontrol", "ping").returncode == 0
+    proc = subprocess.run([script], capture_output=True, text=True, timeout=900)
     reason = (proc.stderr.strip().splitlines() or ["no message"])[-1]
     if proc.returncode == 2:
         pytest.skip(reason)
     assert proc.returncode == 0, f"launch/slurm-local.sh failed: {proc.stderr}{proc.stdout}"
+    yield
+    if not running:  # leave nothing behind that the tests started
+        subprocess.run([script, "stop"], capture_output=True, text=True, timeout=120)
 
 
 def slurm(*args: str) -> subprocess.CompletedProcess:
