@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 try:
     import psutil
 except ImportError:  # only the tests that look for a job's processes need it
@@ -117,3 +119,14 @@ def rank_pids(proc: subprocess.Popen, size: int, timeout: float = 60) -> dict[in
             return found
         time.sleep(0.2)
     raise AssertionError(f"did not find {size} ranks under launcher {proc.pid}")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+    """(status, stdout, stderr) of `proc`, failing the test if it runs past `timeout`."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"job did not end within {timeout} s\n{out[-2000:]}\n{err[-2000:]}")
+    return proc.returncode, out, err

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from procs import BIN, ROOT, job_env, wait_for_file
+from procs import BIN, ROOT, finish, job_env, wait_for_file
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,10 @@ def start_elastic(np_: int, hosts, results, train=TRAIN) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc, timeout=240):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"elastic job did not end within {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
-    assert proc.returncode == 0, f"{out[-3000:]}\n{err[-3000:]}"
+def finish_ok(proc, timeout=240):
+    """The elastic job's stdout once it has ended with status 0."""
+    status, out, err = finish(proc, timeout)
+    assert status == 0, f"{out[-3000:]}\n{err[-3000:]}"
     return out
 
 
@@ -80,7 +76,7 @@ def test_removing_a_slot_mid_training_lets_the_run_finish_on_one_rank(tmp_path, 
     proc = start_elastic(2, hosts, results, [*COMMON, *FAMILIES[family]])
     wait_for_file("*/checkpoints/step-*.pt", results, proc, timeout=180)
     hosts.write_text("localhost:1\n")
-    out = finish(proc)
+    out = finish_ok(proc)
     start, found = stages(results)
     first, *later = found.values()
     assert start == 2 and first[-1]["ranks"] == 1, (start, found)
@@ -100,7 +96,7 @@ def test_adding_a_slot_mid_training_lets_a_new_worker_join(tmp_path):
     proc = start_elastic(1, hosts, results)
     wait_for_file("*/checkpoints/step-*.pt", results, proc, timeout=180)
     hosts.write_text("localhost:2\n")
-    out = finish(proc)
+    out = finish_ok(proc)
     start, found = stages(results)
     history = found["train"]
     assert [e["epoch"] for e in history] == [1, 2, 3, 4], history

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from procs import ROOT, check_job, job_env, launch_command, rank_pids, run_job, start_job
-from procs import wait_for_file
+from procs import finish, wait_for_file
 
 from hvdl.dist import launcher as launch_env
 from hvdl.dist.launcher import torch_place
@@ -52,17 +52,6 @@ def run_folder(results):
 def newest_checkpoint(results):
     return torch.load(sorted((run_folder(results) / "checkpoints").glob("step-*.pt"))[-1],
                       weights_only=True)
-
-
-def finish(proc, timeout):
-    """(status, stdout, stderr) of `proc`, failing the test if it runs past `timeout`."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"job did not end within {timeout} s\n{out[-2000:]}\n{err[-2000:]}")
-    return proc.returncode, out, err
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ an uninterrupted run ends (CPU, one thread per rank), and the ranks agree on whe
 import json
 import os
 import signal
-import subprocess
 
 import pytest
 import torch
 
-from procs import check_job, rank_pids, start_job, wait_for_file
+from procs import check_job, finish, rank_pids, start_job, wait_for_file
 
 # 40 steps an epoch on one rank (2000 / 50), a checkpoint every 10 steps, a stop check every 10.
 RUN = ["-m", "hvdl.train", "--train_size", "2000", "--batch_size", "50", "--epochs", "2",
@@ -34,17 +33,6 @@ def uninterrupted(tmp_path_factory):
     results = tmp_path_factory.mktemp("uninterrupted")
     check_job(1, [*RUN, "--results_dir", str(results)], "python", timeout=180)
     return newest_checkpoint(results)
-
-
-def finish(proc, timeout=120):
-    """Wait for `proc`; return (returncode, stdout, stderr)."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"job did not end within {timeout} s\n{out[-2000:]}\n{err[-2000:]}")
-    return proc.returncode, out, err
 
 
 @pytest.mark.slow
