@@ -106,6 +106,7 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     """Load a checkpoint's model, optimizer and this rank's states; (epoch, batch, step)."""
     if state is None:
         return 0, 0, 0
+    epoch, batch = resume_point(state)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     ranks = state.get("rng") or []
@@ -115,4 +116,9 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         checkpoint.set_rng_state(mine)
         if rank_state is not None and "stage" in mine:
             rank_state.put(mine["stage"])
-    return state["epoch"], state.get("batch", 0), state["step"]
+    return epoch, batch, state["step"]
+
+
+def resume_point(state: dict[str, Any] | None) -> tuple[int, int]:
+    """(epoch, batch) where a stage's checkpoint resumes it; (0, 0) without one."""
+    return (0, 0) if state is None else (state["epoch"], state.get("batch", 0))

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from hvdl import dist, lbfgs, metrics, preemption, sync
-from hvdl.checkpointer import Checkpointer, NonFiniteLoss, RankState, restore
+from hvdl.checkpointer import Checkpointer, NonFiniteLoss, RankState, restore, resume_point
 from hvdl.config import Config
 from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
@@ -163,13 +163,24 @@ def fit(stage: Stage, shards: Shards | Shard, config: Config, ctx: Context, run:
         from hvdl import elastic  # Horovod's elastic API, only for elastic runs
 
         return elastic.fit(stage, shards, config, ctx, run, state=state)
-    shard = shards.train
+    shard, state = shards.train, stage_state(stage.name, state)
+    epoch, batch = resume_point(state)
+    if epoch < stage.epochs:
+        shard.prefetch(epoch, batch)  # a streamed shard reads while the rest is set up
+    try:
+        return run_stage(stage, shard, state, config, ctx, run)
+    finally:
+        shard.close()  # its reader stops reading ahead: the next stage reads its own shard
+
+
+def run_stage(stage: Stage, shard: Shard, state: dict[str, Any] | None, config: Config,
+              ctx: Context, run: RunLog) -> dict[str, Any]:
+    """`fit` on one shard: set up the optimizer and schedule, restore `state`, run the epochs."""
     base = stage.optimizer() if stage.optimizer else make_optimizer(
         stage.model.parameters(), config, stage.lr)
     optimizer = sync.wrap(base, stage.model, config)  # gradient or parameter averaging
     if config.perf.compile:
         stage.model.compile()  # in place: state_dict keys and evaluation are unchanged
-    state = stage_state(stage.name, state)
     start_epoch, start_batch, step = restore(stage.model, optimizer, state, ctx,
                                              stage.rank_state)
     if state is not None:  # the run's step where this stage began

@@ -104,8 +104,8 @@ def build(source: Source, pieces: list[Piece], *, hold: bool, x: torch.Tensor | 
     """The shard of `pieces`: `x` (read, unscaled) made a DeviceShard, or a StreamShard."""
     labelled = classes is not None and source.labelled
     if not hold:
-        return StreamShard(pieces, decoder(source, scale, classes if labelled else None),
-                           order=order, batch_size=batch_size, epoch_rows=epoch_rows,
+        return StreamShard(pieces, decoder(source, classes if labelled else None),
+                           scale=scale.apply_, order=order, batch_size=batch_size, epoch_rows=epoch_rows,
                            features=source.features, shape=shape, device=ctx.device,
                            labels=labelled)
     scale.apply_(x)

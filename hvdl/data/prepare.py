@@ -193,12 +193,8 @@ class Scale:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "shift": self.shift.tolist(), "div": self.div.tolist()}
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Scale float32 host rows (k, features)."""
-        return x if self.kind == "none" else (x - self.shift) / self.div
-
     def apply_(self, x: torch.Tensor) -> torch.Tensor:
-        """Scale rows (k, features) in place on their device: the same arithmetic as `apply`."""
+        """Scale rows (k, features) in place on their device (held and streamed shards alike)."""
         if self.kind != "none":
             x.sub_(torch.from_numpy(self.shift).to(x.device)).div_(
                 torch.from_numpy(self.div).to(x.device))
@@ -238,11 +234,12 @@ def class_index(classes: Classes, source: Source, pieces: list[Piece],
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def decoder(source: Source, scale: Scale, classes: Classes | None) -> Callable:
-    """A piece's rows as the shards serve them: float32, scaled; labels as class indices."""
+def decoder(source: Source, classes: Classes | None) -> Callable:
+    """A piece's rows as a streamed shard stores them: float32, unscaled (the shard scales a
+    whole window in place, with a held shard's arithmetic); labels as class indices."""
     def decode(piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
         raw, y = source.read(piece)
-        x = scale.apply(raw.astype(np.float32, copy=False))
+        x = np.require(raw, np.float32, ["C", "W"])  # a copy only where the source gave none
         if classes is None or y is None:
             return x, None
         return x, classes.index(y, lambda row: source.position(piece, row))

@@ -4,6 +4,8 @@ Trainers see only this interface; hvdl/data/dataset.py builds the shards (`load`
 
     for x, y in shard.batches(epoch, start):   # training batches, in the chunk rule's order
     for x, y in shard.scan():                   # every row once, in storage order (evaluation)
+    shard.prefetch(epoch, start)                # start reading where training will begin
+    shard.close()                               # stop reading ahead (the end of a stage)
     shard.rebatched(1000)                       # the same rows in other batches (fine-tuning)
     shard.mapped(rbm.hidden_mean)               # each example through a function (a stack)
     x, y = shard.tensors()                      # the whole shard (full-batch L-BFGS; in memory)
@@ -55,6 +57,13 @@ class Shard:
 
     def scan(self, rows: int = SCAN_ROWS) -> Iterator[Batch]:
         raise NotImplementedError
+
+    def prefetch(self, epoch: int, start: int = 0) -> None:
+        """Begin reading the batches `batches(epoch, start)` will give (nothing to do when
+        held)."""
+
+    def close(self) -> None:
+        """Stop any reading ahead (nothing to do when held); `batches` starts it again."""
 
     def rebatched(self, batch_size: int, *, labels: bool = True, key: str = "batch_size") -> Shard:
         """The same rows in batches of `batch_size` (without labels if not `labels`)."""

@@ -13,9 +13,11 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +28,9 @@ from hvdl.data.chunks import Order, Piece, Window, in_file_order
 from hvdl.data.shard import SCAN_ROWS, Batch, Map, Shard
 
 Decode = Callable[[Piece], tuple[np.ndarray, np.ndarray | None]]  # rows as float32, classes
+Scale = Callable[[torch.Tensor], Any]  # scales rows (k, features) in place
 SLOTS = 2  # windows in memory at once: one trained on, one being read
+READERS: weakref.WeakSet[Reader] = weakref.WeakSet()  # running readers, stopped at exit
 
 
 @dataclasses.dataclass
@@ -51,6 +55,7 @@ class Reader:
         self.thread = threading.Thread(target=self.run, args=(epoch, window), daemon=True,
                                        name="hvdl-stream")
         self.thread.start()
+        READERS.add(self)
 
     def run(self, epoch: int, first: int) -> None:
         while not self.stopped.is_set():
@@ -62,7 +67,9 @@ class Reader:
                 if self.stopped.is_set():
                     return
                 try:
-                    x, y = self.shard.read_window(windows[w])
+                    x, y = self.shard.read_window(windows[w], self.stopped)
+                    if self.stopped.is_set():  # a part of the window: nobody waits for it
+                        return
                     self.done.put(Read(epoch, w, x, y))
                 except BaseException as err:  # handed to the training thread, raised there
                     self.done.put(Read(epoch, w, torch.empty(0), None, error=err))
@@ -83,6 +90,15 @@ class Reader:
     def close(self) -> None:
         self.stopped.set()
         self.thread.join()
+        READERS.discard(self)
+
+
+@atexit.register
+def stop_readers() -> None:
+    """A reader still running when the interpreter exits stops first: torch work in a thread
+    that finalisation cuts short aborts the process."""
+    for reader in list(READERS):
+        reader.close()
 
 
 class StreamShard(Shard):
@@ -90,11 +106,12 @@ class StreamShard(Shard):
 
     held = False
 
-    def __init__(self, pieces: list[Piece], decode: Decode, *, order: Order, batch_size: int,
+    def __init__(self, pieces: list[Piece], decode: Decode, *, scale: Scale, order: Order,
+                 batch_size: int,
                  epoch_rows: int, features: int, shape: tuple[int, ...], device: torch.device,
                  labels: bool, lock: threading.Lock | None = None, maps: tuple[Map, ...] = ()
                  ) -> None:
-        self.pieces, self.decode, self.order = pieces, decode, order
+        self.pieces, self.decode, self.scale, self.order = pieces, decode, scale, order
         self.batch_size, self.epoch_rows, self.features = batch_size, epoch_rows, features
         self.shape, self.device, self.labels, self.maps = shape, device, labels, maps
         self.lock = lock or threading.Lock()  # one reader of the source at a time
@@ -113,22 +130,28 @@ class StreamShard(Shard):
             rows += len(window.order)
         return out
 
-    def read_window(self, window: Window) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The window's rows decoded into their served places (pinned when going to a GPU)."""
+    def read_window(self, window: Window, stopped: threading.Event | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The window's rows decoded into their served places and scaled (pinned when going to
+        a GPU); partly read if `stopped` is set meanwhile. The copies and the arithmetic are
+        torch's, which leave the GIL to the training thread."""
         rows = len(window.order)
-        place = np.empty(rows, dtype=np.int64)
-        place[window.order] = np.arange(rows)  # row j of the pieces is served at place[j]
+        place = torch.empty(rows, dtype=torch.int64)
+        place[torch.from_numpy(window.order)] = torch.arange(rows)  # row j is served at place[j]
         x = torch.empty((rows, self.features), dtype=torch.float32,
                         pin_memory=self.device.type == "cuda")
-        xs, y = x.numpy(), (np.empty(rows, dtype=np.int64) if self.labels else None)
+        y = torch.empty(rows, dtype=torch.int64) if self.labels else None
         for offset, piece in in_file_order([self.pieces[i] for i in window.pieces]):
+            if stopped is not None and stopped.is_set():
+                break
             with self.lock:
                 px, py = self.decode(piece)
             dest = place[offset:offset + len(px)]
-            xs[dest] = px
+            x.index_copy_(0, dest, torch.from_numpy(px))
             if y is not None:
-                y[dest] = py
-        return x, (None if y is None else torch.from_numpy(y))
+                y.index_copy_(0, dest, torch.from_numpy(py.astype(np.int64, copy=False)))
+        self.scale(x)
+        return x, y
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor | None) -> Batch:
         x = x.to(self.device, non_blocking=True).reshape(len(x), *self.shape)
@@ -136,15 +159,24 @@ class StreamShard(Shard):
             x = fn(x)
         return x, (None if y is None or not self.labels else y.to(self.device, non_blocking=True))
 
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+    def start_at(self, epoch: int, start: int) -> tuple[list[Window], int, int]:
+        """(the windows of `epoch`, the one holding batch `start`, the rows before it there)."""
         windows = self.needed(epoch)
         skip, first = start * self.batch_size, 0
         while first < len(windows) and skip >= len(windows[first].order):
             skip -= len(windows[first].order)
             first += 1
+        return windows, first, skip
+
+    def prefetch(self, epoch: int, start: int = 0) -> None:
+        _, first, _ = self.start_at(epoch, start)
         if self.reader is None or self.reader.next != (epoch, first):
             self.close()
             self.reader = Reader(self, epoch, first)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        windows, first, skip = self.start_at(epoch, start)
+        self.prefetch(epoch, start)
         left = (self.steps - start) * self.batch_size  # rows still to serve this epoch
         carry: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         carried = 0
@@ -174,16 +206,22 @@ class StreamShard(Shard):
             count += len(x)
             while count >= rows:
                 x, y = join_arrays(buffered)
-                yield self.to_device(torch.from_numpy(x[:rows]), tensor(y, rows, head=True))
+                yield self.served(x[:rows], y, rows)
                 buffered, count = [(x[rows:], None if y is None else y[rows:])], count - rows
         if count:
             x, y = join_arrays(buffered)
-            yield self.to_device(torch.from_numpy(x), tensor(y, count, head=True))
+            yield self.served(x, y, count)
+
+    def served(self, x: np.ndarray, y: np.ndarray | None, rows: int) -> Batch:
+        """The first `rows` of a scan's rows (a copy of the pieces), scaled, on the device."""
+        x = self.scale(torch.from_numpy(np.ascontiguousarray(x[:rows])))
+        return self.to_device(x, None if y is None else torch.from_numpy(
+            np.ascontiguousarray(y[:rows])))
 
     def derived(self, **changes: Any) -> StreamShard:
         """A copy with other batches or maps; this shard's reader stops (it restarts if used)."""
         self.close()
-        fields = {"order": self.order, "batch_size": self.batch_size,
+        fields = {"scale": self.scale, "order": self.order, "batch_size": self.batch_size,
                   "epoch_rows": self.epoch_rows, "features": self.features, "shape": self.shape,
                   "device": self.device, "labels": self.labels, "lock": self.lock,
                   "maps": self.maps}
@@ -222,7 +260,3 @@ def join_arrays(parts: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.n
     ys = [y for _, y in parts]
     return (np.concatenate([x for x, _ in parts]),
             None if ys[0] is None else np.concatenate(ys))
-
-
-def tensor(y: np.ndarray | None, rows: int, head: bool) -> torch.Tensor | None:
-    return None if y is None else torch.from_numpy(np.ascontiguousarray(y[:rows]))
