@@ -5,6 +5,9 @@ Ranks other than 0 are simulated in-process with the elastic controller, under w
 layer makes no collective (each rank surveys the whole training set itself).
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from hvdl import config as configlib
 from hvdl.config import ConfigError
 from hvdl.data import dataset
 from hvdl.dist import Context
+from procs import job_env
 
 ROWS, FEATURES = 1000, 16
 
@@ -66,6 +70,57 @@ def test_streamed_and_held_shards_serve_the_same_batches(tmp_path, rank, size):
     scanned = torch.cat([x for x, _ in streamed.scan(33)])
     assert torch.equal(scanned, held.x)
     streamed.close()
+
+
+@pytest.mark.parametrize("scale", ["none", "standardize"])
+def test_a_prefetched_stream_serves_the_held_batches_from_its_start(tmp_path, scale):
+    """Test that `prefetch` starts the reader at the window a (resumed) start needs, that the
+    batches from there use that reader, scaled as held ones are, and that `close` stops it."""
+    _, opts = npy_data(tmp_path)
+    opts += ["--batch_size", "10", "--data.chunk_mb", "0.001", "--data.buffer_mb", "0.01",
+             "--data.scale", scale]
+    held = dataset.load(config(*opts, "--data.memory", "device"), context(), labels=True).train
+    streamed = dataset.load(config(*opts, "--data.memory", "stream"), context(),
+                            labels=True).train
+    streamed.prefetch(1, 37)
+    reader = streamed.reader
+    assert reader is not None and reader.thread.is_alive() and reader.next[0] == 1
+    a, b = batches(held, 1, start=37), batches(streamed, 1, start=37)
+    assert streamed.reader is reader  # the prefetched reader, not a new one
+    assert len(a) == len(b) == held.steps - 37
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    streamed.close()
+    assert streamed.reader is None and not reader.thread.is_alive()
+
+
+def test_a_run_that_ends_while_its_stream_reads_ahead_exits_cleanly(tmp_path):
+    """Test that a process whose stream is still reading a window when it exits ends with
+    status 0: the reader is stopped before the interpreter finalises (else torch aborts)."""
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, (160_000, 784))
+    x[:] = 0.5  # 4 windows of 128 MB: one takes a few tenths of a second to read
+    del x
+    script = f"""
+import torch
+from hvdl import config
+from hvdl.data import dataset
+from hvdl.dist import Context
+ctx = Context(rank=0, size=1, local_rank=0, local_size=1, device=torch.device("cpu"),
+              threads=1, controller="single")
+cfg = config.load("rbm_mnist", ["--data.path", "{tmp_path / 'x.npy'}", "--data.memory",
+                                "stream", "--data.buffer_mb", "256", "--batch_size", "1000",
+                                "--data.scale", "none"])
+shard = dataset.load(cfg, ctx).train
+first = len(shard.needed(0)[0].order) // 1000
+for k, (x, _) in enumerate(shard.batches(0)):
+    if k == first:  # the first batch of window 2: the reader has just begun window 3
+        break
+assert shard.reader.thread.is_alive()
+"""
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120, env=job_env())
+        assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
 
 
 def test_an_epoch_serves_distinct_rows_and_reshuffles(tmp_path):

@@ -105,7 +105,8 @@ def build(source: Source, pieces: list[Piece], *, hold: bool, x: torch.Tensor | 
     labelled = classes is not None and source.labelled
     if not hold:
         return StreamShard(pieces, decoder(source, classes if labelled else None),
-                           scale=scale.apply_, order=order, batch_size=batch_size, epoch_rows=epoch_rows,
+                           advise=source.advise, scale=scale.apply_, order=order,
+                           batch_size=batch_size, epoch_rows=epoch_rows,
                            features=source.features, shape=shape, device=ctx.device,
                            labels=labelled)
     scale.apply_(x)

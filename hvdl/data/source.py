@@ -90,6 +90,9 @@ class Source:
         """The raw labels of `piece` alone (readers that can skip the features override it)."""
         return self.read(piece)[1]
 
+    def advise(self, piece: Piece) -> None:
+        """`piece` will be read soon: formats stored as plain blocks let the kernel read ahead."""
+
     def feature_names(self) -> list[str]:
         """A name per feature: the columns of a table, else f0, f1, ..."""
         return [f"f{j}" for j in range(self.features)]

@@ -3,12 +3,15 @@
 `StreamShard` serves the batches a `DeviceShard` of the same rows would (hvdl/data/chunks.py,
 rule 6): each epoch's windows, in order, with each window's rows permuted. A reader thread
 reads the next window while the current one is being trained on; two window slots bound the
-memory to `data.buffer_mb` (each window is half of it). Each window's rows are decoded straight
-into their permuted places, so there is no second copy; on a GPU the window lives in pinned
-host memory and batches go to the device with non-blocking copies. The reader runs ahead into
-the next epoch's first window, so an epoch does not begin with a wait. A resumed run that starts
-at batch b of epoch e starts reading at the window that holds it: it sees the same batches as an
-uninterrupted run.
+memory to `data.buffer_mb` (each window is half of it). A window's pieces are requested from
+the source at once (`advise`: the kernel reads ahead a plain NPY or IDX file's blocks), then
+decoded straight into their permuted places and scaled there (torch's copies and arithmetic,
+which leave the GIL to the training thread), so there is no second copy; on a GPU the window
+lives in pinned host memory and batches go to the device with non-blocking copies. The reader
+starts when a stage is set up (`prefetch`, before its optimizer is built) and runs ahead into
+the next epoch's first window, so no epoch begins with a wait; the stage's end stops it
+(`close`). A resumed run that starts at batch b of epoch e starts reading at the window that
+holds it: it sees the same batches as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from hvdl.data.shard import SCAN_ROWS, Batch, Map, Shard
 
 Decode = Callable[[Piece], tuple[np.ndarray, np.ndarray | None]]  # rows as float32, classes
 Scale = Callable[[torch.Tensor], Any]  # scales rows (k, features) in place
+Advise = Callable[[Piece], None]  # a piece will be read soon (the source may read it ahead)
 SLOTS = 2  # windows in memory at once: one trained on, one being read
 READERS: weakref.WeakSet[Reader] = weakref.WeakSet()  # running readers, stopped at exit
 
@@ -106,12 +110,12 @@ class StreamShard(Shard):
 
     held = False
 
-    def __init__(self, pieces: list[Piece], decode: Decode, *, scale: Scale, order: Order,
-                 batch_size: int,
-                 epoch_rows: int, features: int, shape: tuple[int, ...], device: torch.device,
-                 labels: bool, lock: threading.Lock | None = None, maps: tuple[Map, ...] = ()
-                 ) -> None:
-        self.pieces, self.decode, self.scale, self.order = pieces, decode, scale, order
+    def __init__(self, pieces: list[Piece], decode: Decode, *, advise: Advise, scale: Scale,
+                 order: Order, batch_size: int, epoch_rows: int, features: int,
+                 shape: tuple[int, ...], device: torch.device, labels: bool,
+                 lock: threading.Lock | None = None, maps: tuple[Map, ...] = ()) -> None:
+        self.pieces, self.decode, self.advise = pieces, decode, advise
+        self.scale, self.order = scale, order
         self.batch_size, self.epoch_rows, self.features = batch_size, epoch_rows, features
         self.shape, self.device, self.labels, self.maps = shape, device, labels, maps
         self.lock = lock or threading.Lock()  # one reader of the source at a time
@@ -141,7 +145,10 @@ class StreamShard(Shard):
         x = torch.empty((rows, self.features), dtype=torch.float32,
                         pin_memory=self.device.type == "cuda")
         y = torch.empty(rows, dtype=torch.int64) if self.labels else None
-        for offset, piece in in_file_order([self.pieces[i] for i in window.pieces]):
+        pieces = in_file_order([self.pieces[i] for i in window.pieces])
+        for _, piece in pieces:
+            self.advise(piece)  # the whole window requested at once, then read in file order
+        for offset, piece in pieces:
             if stopped is not None and stopped.is_set():
                 break
             with self.lock:
@@ -221,10 +228,10 @@ class StreamShard(Shard):
     def derived(self, **changes: Any) -> StreamShard:
         """A copy with other batches or maps; this shard's reader stops (it restarts if used)."""
         self.close()
-        fields = {"scale": self.scale, "order": self.order, "batch_size": self.batch_size,
-                  "epoch_rows": self.epoch_rows, "features": self.features, "shape": self.shape,
-                  "device": self.device, "labels": self.labels, "lock": self.lock,
-                  "maps": self.maps}
+        fields = {"advise": self.advise, "scale": self.scale, "order": self.order,
+                  "batch_size": self.batch_size, "epoch_rows": self.epoch_rows,
+                  "features": self.features, "shape": self.shape, "device": self.device,
+                  "labels": self.labels, "lock": self.lock, "maps": self.maps}
         fields.update(changes)
         return StreamShard(self.pieces, self.decode, **fields)
 
