@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,8 +62,9 @@ def check_lengths(rows: list[int], label_rows: list[int], files: list[Path],
 
 # --- NumPy .npy -----------------------------------------------------------------------------
 
-def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) of a .npy file, checked against its length."""
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, Block | None]:
+    """(shape, dtype, its rows as one block or None in Fortran order) of a .npy file, checked
+    against its length."""
     check_readable(path)
     try:
         array = np.load(path, mmap_mode="r")
@@ -73,7 +74,53 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     if not isinstance(array, np.memmap):
         raise DataError(f"{path}: an .npz archive, not an .npy file; allowed: one array per "
                         ".npy file")
-    return array.shape, array.dtype
+    block = None
+    if array.ndim and array.flags.c_contiguous:
+        block = Block(path, array.offset, array.dtype, array.shape)
+    return array.shape, array.dtype, block
+
+
+class Block(NamedTuple):
+    """A file's rows stored as one C-order block: where the data starts, its type and shape."""
+
+    path: Path
+    offset: int
+    dtype: np.dtype
+    dims: tuple[int, ...]
+
+    def where(self, piece: Piece) -> tuple[int, tuple[int, ...]]:
+        """(byte offset, shape) of `piece`'s rows."""
+        row = self.dtype.itemsize * math.prod(self.dims[1:])
+        return self.offset + piece.start * row, (piece.rows, *self.dims[1:])
+
+    def read(self, piece: Piece) -> np.ndarray:
+        """`piece`'s rows in one read: a memory map reads a few pages per fault, which rows of
+        a piece dealt in random order pay for in small disk reads when they are not cached."""
+        offset, shape = self.where(piece)
+        out = np.empty(shape, dtype=self.dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb", buffering=0) as f:
+            done = 0
+            while done < len(view):
+                got = os.preadv(f.fileno(), [view[done:]], offset + done)
+                if got == 0:
+                    raise DataError(f"{self.path}: ends at byte {offset + done}, inside rows it "
+                                    "should hold; allowed: a complete file (was it truncated?)")
+                done += got
+        return out
+
+    def advise(self, piece: Piece) -> None:
+        """Tell the kernel that `piece`'s rows will be read soon: it reads them ahead, many
+        requests at once, which a disk or a network file system serves faster than one read
+        after another."""
+        if hasattr(os, "posix_fadvise"):
+            offset, shape = self.where(piece)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, offset, self.dtype.itemsize * math.prod(shape),
+                                 os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
 
 class NpySource(Source):
@@ -84,6 +131,7 @@ class NpySource(Source):
         headers = [npy_header(f) for f in self.files]
         same_schema([(h[0][1:], str(h[1])) for h in headers], self.files, "examples of")
         shape, self.dtype = headers[0][0][1:], headers[0][1]
+        self.blocks = [h[2] for h in headers]
         check_numeric(self.dtype, str(self.files[0]))
         self.shape = shape or (1,)
         self.file_rows = [h[0][0] for h in headers]
@@ -91,7 +139,8 @@ class NpySource(Source):
         if self.label_files is not None:
             self.label_files = [local(f) if is_gzip(f) else f for f in self.label_files]
             label_headers = [npy_header(f) for f in self.label_files]
-            for f, (s, _) in zip(self.label_files, label_headers):
+            self.label_blocks = [h[2] for h in label_headers]
+            for f, (s, _, _) in zip(self.label_files, label_headers):
                 if len(s) != 1 and not (len(s) == 2 and s[1] == 1):
                     raise DataError(f"{f}: labels of shape {s}; allowed: one label per row")
             check_lengths(self.file_rows, [h[0][0] for h in label_headers], self.files,
@@ -99,71 +148,32 @@ class NpySource(Source):
             self.label_name = spec.label
 
     def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
-        x = read_rows(self.files[piece.file], piece).reshape(piece.rows, -1)
-        y = None
-        if self.label_files is not None:
-            y = read_rows(self.label_files[piece.file], piece).reshape(-1)
-        return x, y
+        x = read_rows(self.files[piece.file], self.blocks[piece.file], piece)
+        return x.reshape(piece.rows, -1), self.labels(piece)
 
     def labels(self, piece: Piece) -> np.ndarray | None:
         if self.label_files is None:
             return None
-        return read_rows(self.label_files[piece.file], piece).reshape(-1)
+        f = piece.file
+        return read_rows(self.label_files[f], self.label_blocks[f], piece).reshape(-1)
 
     def advise(self, piece: Piece) -> None:
-        for path in [self.files[piece.file], *(self.label_files or [])[piece.file:piece.file + 1]]:
-            where = npy_rows_at(path, piece)
-            if where is not None:
-                will_read(path, *where)
+        blocks = [self.blocks[piece.file]]
+        if self.label_files is not None:
+            blocks.append(self.label_blocks[piece.file])
+        for block in blocks:
+            if block is not None:
+                block.advise(piece)
 
 
-def read_rows(path: Path, piece: Piece) -> np.ndarray:
-    """Rows of `piece` from a .npy file: one read where the rows are contiguous (C order), else
-    through a memory map dropped at once."""
-    where = npy_rows_at(path, piece)
-    if where is not None:
-        return read_block(path, *where)
+def read_rows(path: Path, block: Block | None, piece: Piece) -> np.ndarray:
+    """Rows of `piece` from a .npy file: one read of its block (C order), else through a memory
+    map dropped at once."""
+    if block is not None:
+        return block.read(piece)
     mapped = np.load(path, mmap_mode="r")
     out = np.array(mapped[piece.start:piece.stop])
     del mapped
-    return out
-
-
-def npy_rows_at(path: Path, piece: Piece) -> tuple[int, np.dtype, tuple[int, ...]] | None:
-    """(byte offset, dtype, shape) of `piece`'s rows in a C-order .npy file; None otherwise."""
-    mapped = np.load(path, mmap_mode="r")
-    if not (mapped.ndim and mapped.flags.c_contiguous):
-        return None
-    row = mapped.dtype.itemsize * math.prod(mapped.shape[1:])
-    return mapped.offset + piece.start * row, mapped.dtype, (piece.rows, *mapped.shape[1:])
-
-
-def will_read(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
-    """Tell the kernel that this block will be read soon: it reads it ahead, many requests at
-    once, which a disk or a network file system serves faster than one read after another."""
-    if hasattr(os, "posix_fadvise"):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, offset, dtype.itemsize * math.prod(shape),
-                             os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
-
-
-def read_block(path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """An array of `shape` stored at byte `offset` of `path`, read with large requests: a memory
-    map reads a few pages per fault, which rows of a piece dealt in random order pay for in
-    small disk reads when they are not cached."""
-    out = np.empty(shape, dtype=dtype)
-    view = memoryview(out.reshape(-1).view(np.uint8))
-    with open(path, "rb", buffering=0) as f:
-        done = 0
-        while done < len(view):
-            got = os.preadv(f.fileno(), [view[done:]], offset + done)
-            if got == 0:
-                raise DataError(f"{path}: ends at byte {offset + done}, inside rows it should "
-                                "hold; allowed: a complete file (was it truncated?)")
-            done += got
     return out
 
 
@@ -219,23 +229,20 @@ class IdxSource(Source):
         return idx_rows(self.label_files[piece.file], self.label_headers[piece.file], piece)
 
     def advise(self, piece: Piece) -> None:
-        will_read(self.files[piece.file], *idx_rows_at(self.headers[piece.file], piece))
+        idx_block(self.files[piece.file], self.headers[piece.file]).advise(piece)
         if self.label_files is not None:
-            will_read(self.label_files[piece.file],
-                      *idx_rows_at(self.label_headers[piece.file], piece))
+            idx_block(self.label_files[piece.file], self.label_headers[piece.file]).advise(piece)
 
 
 def idx_rows(path: Path, header: tuple[np.dtype, tuple[int, ...], int], piece: Piece) -> np.ndarray:
-    out = read_block(path, *idx_rows_at(header, piece))
+    out = idx_block(path, header).read(piece)
     return out.astype(header[0].newbyteorder("="), copy=False)
 
 
-def idx_rows_at(header: tuple[np.dtype, tuple[int, ...], int],
-                piece: Piece) -> tuple[int, np.dtype, tuple[int, ...]]:
-    """(byte offset, dtype, shape) of `piece`'s rows in a raw IDX file."""
+def idx_block(path: Path, header: tuple[np.dtype, tuple[int, ...], int]) -> Block:
+    """A raw IDX file's rows: one block after its header."""
     dtype, dims, offset = header
-    row = dtype.itemsize * math.prod(dims[1:])
-    return offset + piece.start * row, dtype, (piece.rows, *dims[1:])
+    return Block(path, offset, dtype, dims)
 
 
 # --- HDF5 -----------------------------------------------------------------------------------

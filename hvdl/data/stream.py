@@ -176,14 +176,17 @@ class StreamShard(Shard):
         return windows, first, skip
 
     def prefetch(self, epoch: int, start: int = 0) -> None:
-        _, first, _ = self.start_at(epoch, start)
-        if self.reader is None or self.reader.next != (epoch, first):
+        self.read_from(epoch, self.start_at(epoch, start)[1])
+
+    def read_from(self, epoch: int, window: int) -> None:
+        """Have the reader read from `window` of `epoch` on, unless it already does."""
+        if self.reader is None or self.reader.next != (epoch, window):
             self.close()
-            self.reader = Reader(self, epoch, first)
+            self.reader = Reader(self, epoch, window)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         windows, first, skip = self.start_at(epoch, start)
-        self.prefetch(epoch, start)
+        self.read_from(epoch, first)
         left = (self.steps - start) * self.batch_size  # rows still to serve this epoch
         carry: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         carried = 0
@@ -213,14 +216,14 @@ class StreamShard(Shard):
             count += len(x)
             while count >= rows:
                 x, y = join_arrays(buffered)
-                yield self.served(x[:rows], y, rows)
+                yield self.served(x, y, rows)
                 buffered, count = [(x[rows:], None if y is None else y[rows:])], count - rows
         if count:
             x, y = join_arrays(buffered)
             yield self.served(x, y, count)
 
     def served(self, x: np.ndarray, y: np.ndarray | None, rows: int) -> Batch:
-        """The first `rows` of a scan's rows (a copy of the pieces), scaled, on the device."""
+        """The first `rows` of a scan's rows (copies of the pieces), scaled, on the device."""
         x = self.scale(torch.from_numpy(np.ascontiguousarray(x[:rows])))
         return self.to_device(x, None if y is None else torch.from_numpy(
             np.ascontiguousarray(y[:rows])))
