@@ -10,8 +10,9 @@
 # Installs Debian's slurmctld, slurmd and slurm-client with apt-get when they are missing.
 #
 # Exit status: 0 up (one status line on stdout); 2 this machine cannot run it here (not root, no
-# apt-get, a slurm.conf that hvdl did not write); 1 it tried and failed. Either way one line on
-# stderr says why.
+# apt-get, packages apt-get cannot install, a slurm.conf that hvdl did not write); 1 it tried and
+# failed. launch/local-cluster.sh uses the same statuses; the tests skip on 2 (fail under
+# HVDL_REQUIRE_CLUSTER=1) and fail on 1. Either way one line on stderr says why.
 #
 # Environment:
 #   SLURM_CONF         the configuration file to write       (default: /etc/slurm/slurm.conf)
@@ -65,7 +66,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
     echo "slurm-local: installing slurmctld slurmd slurm-client with apt-get" >&2
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends slurmctld slurmd slurm-client; } >/dev/null \
-        || fail 1 "apt-get could not install slurmctld slurmd slurm-client"
+        || fail 2 "apt-get could not install slurmctld slurmd slurm-client"
 fi
 
 # --- the configuration ----------------------------------------------------------------------

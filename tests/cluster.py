@@ -6,7 +6,9 @@ The `cluster` fixture (session-scoped, made visible to every test by conftest.py
 node3 once, each with its own address, hostname, /tmp, sshd and slurmd, and stops them when the
 session ends, whatever happened. Where this machine cannot run them (not root, namespaces
 refused, packages that apt-get cannot install) the tests that use it are skipped with the
-script's reason. Jobs are started inside a node, as a user logged in there would.
+script's reason, or fail with it where HVDL_REQUIRE_CLUSTER=1 (as .ci/run sets: CI must not go
+green with the cluster's tests unrun). Jobs are started inside a node, as a user logged in there
+would.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ from procs import BIN, ROOT, job_env
 SCRIPT = ROOT / "launch" / "local-cluster.sh"
 NODES = 3  # two for the static jobs, a third that joins an elastic run or takes a requeued job
 STATE = Path(os.environ.get("HVDL_CLUSTER_STATE", "/run/hvdl-cluster"))
+
+
+def cannot_start(what: str, reason: str) -> None:
+    """Skip the tests that need `what` (a cluster this machine cannot start), saying why; fail
+    them instead where HVDL_REQUIRE_CLUSTER=1, so that a run that must exercise them cannot pass
+    without them."""
+    if os.environ.get("HVDL_REQUIRE_CLUSTER") == "1":
+        pytest.fail(f"{what} could not start and HVDL_REQUIRE_CLUSTER=1 forbids skipping: "
+                    f"{reason}", pytrace=False)
+    pytest.skip(f"{what} could not start: {reason}")
 
 
 @dataclass
@@ -240,11 +252,12 @@ def _script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def cluster():
-    """node1..node3 for the session; skipped, with the script's reason, where it cannot start."""
+    """node1..node3 for the session; skipped (or failed: `cannot_start`), with the script's
+    reason, where it cannot start."""
     proc = _script("start", str(NODES))
     reason = (proc.stderr.strip().splitlines() or ["no message"])[-1]
     if proc.returncode == 2:
-        pytest.skip(reason)
+        cannot_start("the local cluster (launch/local-cluster.sh)", reason)
     try:
         assert proc.returncode == 0, f"launch/local-cluster.sh start failed: {proc.stderr}"
         shared = Path(tempfile.mkdtemp(prefix="hvdl-multihost-", dir="/var/tmp"))

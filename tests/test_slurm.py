@@ -2,8 +2,8 @@
 
     launch/slurm-local.sh && python -m pytest tests/test_slurm.py
 
-Skipped, with the script's reason, where the cluster cannot be started (not root, no apt-get).
-The cluster is left running afterwards; starting it again is a no-op, so reruns are cheap.
+Skipped, with the script's reason, where the cluster cannot be started (not root, no apt-get, a
+package apt-get cannot install), or failed with it where HVDL_REQUIRE_CLUSTER=1 (CI). The cluster is left running afterwards; starting it again is a no-op, so reruns are cheap.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster import cannot_start
 from procs import ROOT, job_env
 
 pytestmark = pytest.mark.slow
@@ -31,14 +32,14 @@ TWO_TASKS = ["--ntasks=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-p
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Start the local cluster (idempotent); skip the module where this machine cannot; stop it
-    afterwards if it was not running before."""
+    """Start the local cluster (idempotent); skip the module where this machine cannot (fail it
+    under HVDL_REQUIRE_CLUSTER=1); stop it afterwards if it was not running before."""
     script = str(ROOT / "launch" / "slurm-local.sh")
     running = shutil.which("scontrol") is not None and slurm("scontrol", "ping").returncode == 0
     proc = subprocess.run([script], capture_output=True, text=True, timeout=900)
     reason = (proc.stderr.strip().splitlines() or ["no message"])[-1]
     if proc.returncode == 2:
-        pytest.skip(reason)
+        cannot_start("the one-node Slurm cluster (launch/slurm-local.sh)", reason)
     assert proc.returncode == 0, f"launch/slurm-local.sh failed: {proc.stderr}{proc.stdout}"
     yield
     if not running:  # leave nothing behind that the tests started
