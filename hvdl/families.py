@@ -48,6 +48,7 @@ class Family:
     depth: Callable[[Config], int] = lambda config: 1  # hidden layers an encoder can give
     reconstruction: Callable[[nn.Module], Fn] | None = None  # x -> x̂
     free_energy: Callable[[nn.Module], Fn] | None = None  # x -> F(x) per example
+    check: Callable[[Config], None] = lambda config: None  # before any data or run folder
 
     @property
     def capabilities(self) -> list[str]:
@@ -104,11 +105,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            reconstruction=lambda m: lambda x: m.visible_mean(m.hidden_mean(x)),
            free_energy=lambda m: m.free_energy),
     Family("dbn", rbm.train, lambda c: "finetune", labels=True,
+           check=rbm.check_pretrained,
            build=lambda c, d: rbm_models.classifier(stack_of_rbms(c, c.layers[:-1]),
                                                     c.layers[-1]),
            classifier=lambda m: m, encoder=sequential_encoder,
            depth=lambda c: len(c.layers) - 2),
     Family("deep_ae", rbm.train, lambda c: "finetune",
+           check=rbm.check_pretrained,
            build=lambda c, d: rbm_models.DeepAutoencoder(
                c.layers, linear_code=c.rbm.code_units == "linear"),
            encoder=deep_encoder, depth=lambda c: len(c.layers) - 1,

@@ -78,6 +78,7 @@ def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Pat
     family = FAMILIES[config.family]
     resume_from = find_resume(config)
     state = checkpoint.load(resume_from, config) if resume_from else None
+    family.check(config)  # what needs no data (a saved stack to reuse), before any is loaded
     run_dir = resume_dir(resume_from)
     run = open_run(config, ctx, run_dir)
     try:

@@ -340,3 +340,28 @@ def test_dbn_fine_tunes_a_saved_stack_without_pretraining_it_again(tmp_path):
                          "(bernoulli visible, "
                          "linear top hidden units)"), line
     assert not refused.exists() or not any(refused.iterdir())
+
+
+def test_pretrained_stack_is_checked_before_data_or_run_folder(tmp_path):
+    """Test that a `rbm.pretrained` stack of other sizes is refused (one line, status 2) before
+    the data are read and before the run folder is opened: a missing data file and an
+    unwritable results folder are not what the run reports."""
+    from hvdl import checkpoint
+    from hvdl import config as configlib
+    saved = tmp_path / "saved"
+    other = configlib.load("dbn_small", ["--layers", "784,300,100,10"])
+    for i, rbm in enumerate(make_stack([784, 300, 100]), start=1):
+        checkpoint.write(saved / "stages" / f"pretrain{i}.pt",
+                         {"model": rbm.state_dict(), "config": configlib.to_dict(other),
+                          "stage": f"pretrain{i}"})
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    proc = run_job(1, ["-m", "hvdl.train", "--model", "dbn_small", "--rbm.pretrained",
+                       str(saved), "--data.path", str(tmp_path / "missing.npy"),
+                       "--results_dir", str(tmp_path / "taken" / "runs")], launcher="python",
+                   timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == (f"hvdl: error: rbm.pretrained: {saved}/stages/pretrain1.pt belongs to the "
+                    "stack 784-300-100 (bernoulli visible, bernoulli top hidden units); allowed: "
+                    "this run's stack, 0-500-100 (bernoulli visible, bernoulli top hidden "
+                    "units)"), line

@@ -96,28 +96,58 @@ def stack_of(config: dict[str, Any]) -> str:
             "hidden units)")
 
 
+def same_stack(saved: dict[str, Any], mine: dict[str, Any]) -> bool:
+    """Whether a saved config's RBM stack is this config's; a 0 in this config's layers (a size
+    taken from the data) matches any size."""
+    def sizes(config: dict[str, Any]) -> list[int]:
+        return list(config["layers"][:-1] if config["family"] == "dbn" else config["layers"])
+    units = ("visible", "code_units")
+    return (len(sizes(saved)) == len(sizes(mine))
+            and all(m in (0, s) for s, m in zip(sizes(saved), sizes(mine)))
+            and all(saved["rbm"][u] == mine["rbm"][u] for u in units))
+
+
+def read_stack(config: Config) -> list[dict[str, Any]]:
+    """The payloads of `rbm.pretrained`'s stages/pretrain<i>.pt, checked against this config's
+    stack: the same layer sizes and unit types; otherwise, or if the folder or a file is missing
+    or damaged, a CheckpointError (bad input, status 2). Needs no data, so a run calls it before
+    it loads any or opens its run folder (`check_pretrained`), and again once the data have
+    given its 0 sizes (`load_stack`)."""
+    folder = Path(config.rbm.pretrained)
+    mine = configlib.to_dict(config)
+    count = len(config.layers) - (2 if config.family == "dbn" else 1)
+    names = [f"pretrain{i}" for i in range(1, count + 1)]
+    allowed = f"a run folder whose stages/ hold {', '.join(n + '.pt' for n in names)}"
+    payloads = []
+    for name in names:  # the first file's stack already tells a wrong folder
+        payloads.append(checkpoint.read(folder / "stages" / f"{name}.pt", allowed))
+        if not same_stack(payloads[-1]["config"], mine):
+            raise checkpoint.CheckpointError(
+                f"rbm.pretrained: {folder}/stages/{name}.pt belongs to the stack "
+                f"{stack_of(payloads[-1]['config'])}; allowed: this run's stack, "
+                f"{stack_of(mine)}")
+    return payloads
+
+
+def check_pretrained(config: Config) -> None:
+    """Before any data is loaded: `rbm.pretrained`, if set, holds this run's stack."""
+    if config.rbm.pretrained:
+        read_stack(config)
+
+
 def load_stack(rbms: list[RBM], config: Config) -> list[dict[str, Any]]:
     """Load the stack from `rbm.pretrained`'s stages/pretrain<i>.pt instead of pretraining it.
 
     Every rank reads the files (a run folder on storage all ranks see, as for `--resume`). The
-    saved stack must be this one: the same layer sizes and unit types; otherwise, or if a file
-    is missing or damaged, a CheckpointError says so before any data is loaded.
+    stack was checked before the data were loaded (`check_pretrained`); this checks it again
+    with the sizes the data gave.
     """
-    folder = Path(config.rbm.pretrained)
-    names = [f"pretrain{i}" for i in range(1, len(rbms) + 1)]
-    allowed = f"a run folder whose stages/ hold {', '.join(n + '.pt' for n in names)}"
-    mine = stack_of(configlib.to_dict(config))
-    payloads = []
-    for name in names:  # the first file's stack already tells a wrong folder
-        payloads.append(checkpoint.read(folder / "stages" / f"{name}.pt", allowed))
-        saved = stack_of(payloads[-1]["config"])
-        if saved != mine:
-            raise checkpoint.CheckpointError(
-                f"rbm.pretrained: {folder}/stages/{name}.pt belongs to the stack {saved}; "
-                f"allowed: this run's stack, {mine}")
-    for rbm, payload in zip(rbms, payloads):
+    payloads = read_stack(config)
+    for rbm, payload in zip(rbms, payloads, strict=True):
         rbm.load_state_dict(payload["model"])
-    return [{"loaded": str(folder / "stages" / f"{name}.pt")} for name in names]
+    folder = Path(config.rbm.pretrained)
+    return [{"loaded": str(folder / "stages" / f"pretrain{i}.pt")}
+            for i in range(1, len(rbms) + 1)]
 
 
 # --- greedy pretraining ----------------------------------------------------------------------
