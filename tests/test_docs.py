@@ -262,3 +262,29 @@ def test_slurm_script_asks_for_what_slurm_readme_says():
         SLURM_SCRIPT and 'cd "$SLURM_SUBMIT_DIR"' in SLURM_SCRIPT
     assert "resume=(--resume auto)" in SLURM_SCRIPT and "SLURM_RESTART_COUNT" in SLURM_SCRIPT
     assert 'scontrol requeue "$SLURM_JOB_ID"' in SLURM_SCRIPT
+
+
+@pytest.mark.parametrize("given, seconds", [(None, 1800), ("7.5", 7.5)])
+def test_torch_engine_waits_hvdl_dist_timeout_s_for_its_peers(monkeypatch, given, seconds):
+    """Test that the torch engine hands torch.distributed a timeout of HVDL_DIST_TIMEOUT_S
+    seconds, 1800 when it is not set (README: Engines)."""
+    import torch.distributed as tdist
+    from hvdl.dist.torch_engine import TorchEngine
+    calls = []
+    monkeypatch.setattr(tdist, "init_process_group", lambda *a, **kw: calls.append(kw))
+    environ = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    if given is not None:
+        environ["HVDL_DIST_TIMEOUT_S"] = given
+    TorchEngine(environ)
+    (kw,) = calls
+    assert kw["timeout"].total_seconds() == seconds
+
+
+def test_eval_and_encode_take_the_checkpoints_engine_unless_told(tmp_path):
+    """Test that `hvdl eval`/`hvdl encode` read the engine from the checkpoint's config, and
+    `--dist.backend` given to them wins (README: Engines)."""
+    from hvdl.families import FAMILIES, Trained, with_overrides
+    config = configlib.load("lenet5", ["--dist.backend", "mpi"])
+    trained = Trained(FAMILIES["cnn"], config, torch.nn.Linear(1, 1), {}, tmp_path / "c.pt")
+    assert with_overrides(trained, []).dist.backend == "mpi"
+    assert with_overrides(trained, ["--dist.backend", "torch"]).dist.backend == "torch"
