@@ -288,3 +288,29 @@ def test_eval_and_encode_take_the_checkpoints_engine_unless_told(tmp_path):
     trained = Trained(FAMILIES["cnn"], config, torch.nn.Linear(1, 1), {}, tmp_path / "c.pt")
     assert with_overrides(trained, []).dist.backend == "mpi"
     assert with_overrides(trained, ["--dist.backend", "torch"]).dist.backend == "torch"
+
+
+def test_setup_and_demo_scripts_do_what_two_commands_says():
+    """Test that launch/setup.sh installs torch 2.13.0 and Horovod 0.28.1 with the README's
+    packages, returns before installing anything when its stamp matches (a second call), keys
+    the cached Horovod wheel in ~/.cache/hvdl/wheels by Horovod, torch, Python and GPU ops and
+    honours the GPU variables; and that launch/demo.sh sets up, then trains LeNet-5 on 2 ranks."""
+    setup = (ROOT / "launch" / "setup.sh").read_text()
+    project = (ROOT / "pyproject.toml").read_text().lower()
+    assert "torch_spec=${HVDL_TORCH:-torch==2.13.0}" in setup
+    assert "horovod_version=0.28.1" in setup
+    for package in ("mpi4py", "tensorboard", "tqdm", "scipy", "scikit-image", "matplotlib",
+                    "pyarrow", "h5py", "pillow", "pytest"):
+        assert f'"{package}>=' in project, package
+    early_exit = setup.index('== "$stamp" ]]; then\n    exit 0')
+    assert early_exit < setup.index('"${pip[@]}" install') < setup.index("build-horovod.sh")
+    assert "torch=$torch_spec gpu=${HOROVOD_GPU_OPERATIONS:-none}" in setup  # in the stamp
+    assert "cache=${HVDL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdl}" in setup
+    assert ("wheel_dir=$cache/wheels/horovod-$horovod_version-torch$torch_version-$py_tag-$ops"
+            in setup)
+    assert "if [[ $torch_spec != keep ]]" in setup and '--extra-index-url "$HVDL_TORCH_INDEX"' in \
+        setup and "HVDL_SYSTEM_SITE_PACKAGES:-0} == 1 ]] && flags+=(--system-site-packages)" in \
+        setup
+    demo = (ROOT / "launch" / "demo.sh").read_text()
+    assert demo.index('bash "$root/launch/setup.sh"') < demo.index("launch/horovodrun.sh")
+    assert "HVDL_NP=${HVDL_NP:-2}" in demo and "horovodrun.sh --model lenet5" in demo
