@@ -117,19 +117,39 @@ def test_several_files_form_one_dataset_in_sorted_order(tmp_path):
 
 
 def test_csv_splits_at_line_starts_with_quoted_fields_and_crlf(tmp_path):
-    """Test that CSV byte splits of a few bytes give every record exactly once, quotes and CRLF
-    endings included, and that their counts add up to the rows."""
+    """Test that CSV byte splits of a sweep of sizes, boundaries between \\r and \\n and inside
+    quoted fields among them, give every record exactly once, with its own line number, quotes
+    and CRLF endings included, and that their counts add up to the rows and lines."""
     rows = [(i, 0.5 * i, f'"name, {i} said ""hi"""' if i % 3 else f"plain{i}") for i in range(40)]
-    text = "id,value,label\r\n" + "".join(f"{a},{b},{c}\r\n" for a, b, c in rows)
-    (tmp_path / "q.csv").write_bytes(text.encode())
-    for split_mb in (37 / 2**20, 100 / 2**20, 1):  # 37 bytes: splits fall inside records
+    text = ("id,value,label\r\n" + "".join(f"{a},{b},{c}\r\n" for a, b, c in rows)).encode()
+    (tmp_path / "q.csv").write_bytes(text)
+    quoted = np.cumsum([c == ord('"') for c in text]) % 2  # 1 from an opening quote on
+    expected = [f'name, {i} said "hi"' if i % 3 else f"plain{i}" for i in range(40)]
+    between_cr_lf = inside_quotes = 0
+    for size in [*range(17, 48, 3), 100, 2**20]:  # bytes; 2**20: one split
         source = counted(open_source(Spec(path=str(tmp_path / "q.csv"), label="label"),
-                                     split_mb=split_mb))
-        assert source.rows == 40 and sum(c[0] for c in source.counts) == 40
+                                     split_mb=size / 2**20))
+        begins = [begin for _, begin, _ in source.splits[1:]]
+        between_cr_lf += sum(text[b - 1:b + 1] == b"\r\n" for b in begins)
+        inside_quotes += sum(bool(quoted[b - 1]) for b in begins)
+        assert source.rows == 40 and sum(c[0] for c in source.counts) == 40, size
+        assert sum(c[1] for c in source.counts) == 40, size  # each line end counted once
+        ids, lines = [], []  # split by split: each record once, in file order, on its own line
+        for i in range(len(source.splits)):
+            x, _ = source.split_rows(i)
+            start, data = source.split_data(i)
+            found = list(source.records(i, start, data))
+            assert len(x) == len(found) == source.counts[i][0], (size, i)
+            assert [int(fields[0]) for _, fields in found] == x[:, 0].astype(int).tolist()
+            ids += x[:, 0].astype(int).tolist()
+            lines += [line for line, _ in found]
+        assert ids == list(range(40)) and lines == list(range(2, 42)), size
         x, labels = read_all(source, per_chunk=6)
         np.testing.assert_array_equal(x, [[a, b] for a, b, _ in rows])
-        expected = [f'name, {i} said "hi"' if i % 3 else f"plain{i}" for i in range(40)]
         assert labels.tolist() == expected
+        assert [source.position(Piece(0, 0, 40), k) for k in (0, 17, 39)] == [
+            f"{tmp_path / 'q.csv'} line {k + 2}" for k in (0, 17, 39)], size
+    assert between_cr_lf > 0 and inside_quotes > 0  # the sweep hits both kinds of boundary
 
 
 def test_images_folder_labels_by_folder_level(tmp_path):
