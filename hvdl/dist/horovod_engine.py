@@ -186,7 +186,18 @@ class HorovodEngine(Engine):
 
     def elastic_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       values: dict[str, Any]) -> Any:
-        return self.hvd.elastic.TorchState(model=model, optimizer=optimizer, **values)
+        hvd = self.hvd
+
+        class State(hvd.elastic.TorchState):
+            def sync(self) -> None:
+                super().sync()
+                # Horovod broadcasts the model, then the optimizer: an optimizer with no state
+                # yet (a joining worker's) gets it from a step with zero gradients first, which
+                # weight decay (the RBM's weight cost) turns into a step of the parameters, and
+                # the ranks then differ for the rest of the run. Rank 0's model once more.
+                hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+        return State(model=model, optimizer=optimizer, **values)
 
     def elastic_run(self, func: Any) -> Any:
         from horovod.common.elastic import run_fn
