@@ -56,6 +56,52 @@ def test_each_declared_capability_works_on_the_last_stages_model(name, capabilit
             assert energy.shape == (4,) and torch.isfinite(energy).all()
 
 
+def sae_decode(model, x):
+    """x ↦ σ(W2 σ(W1 x + b1) + b2), from the autoencoder's two layers."""
+    code = torch.sigmoid(x @ model.encoder.weight.T + model.encoder.bias)
+    return torch.sigmoid(code @ model.decoder.weight.T + model.decoder.bias)
+
+
+def rbm_decode(model, x):
+    """E[v | h = E[h | x]] from W and the biases (Bernoulli or linear units as the RBM has)."""
+    h = x @ model.W + model.b_hid
+    h = h if model.hidden == "linear" else torch.sigmoid(h)
+    v = h @ model.W.T + model.b_vis
+    return v if model.visible == "gaussian" else torch.sigmoid(v)
+
+
+def deep_ae_decode(model, x):
+    """The encoder's layers (a linear code), then the mirrored decoder's, each but the code
+    through a sigmoid."""
+    for i, layer in enumerate(model.encoder):
+        x = x @ layer.weight.T + layer.bias
+        if i < len(model.encoder) - 1 or not model.linear_code:
+            x = torch.sigmoid(x)
+    for layer in model.decoder:
+        x = torch.sigmoid(x @ layer.weight.T + layer.bias)
+    return x
+
+
+DECODE = {"sae": sae_decode, "rbm": rbm_decode, "deep_ae": deep_ae_decode}
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if f.reconstruction])
+def test_each_reconstruction_is_the_models_own_decode_not_its_input(name):
+    """Test that a family's reconstruction differs from its input and equals the input encoded
+    then decoded through the model's own layers."""
+    family, config = FAMILIES[name], small_config(name)
+    model = family.build(config, DATA).eval()
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # every weight and bias away from its start, so each one shows
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        x = torch.rand(4, *SMALL[name][1], generator=gen, dtype=next(model.parameters()).dtype)
+        x_hat = family.reconstruction(model)(x)
+        expected = DECODE[name](model, x)
+    assert float((x_hat - x).abs().max()) > 0.1
+    torch.testing.assert_close(x_hat, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_capabilities_follow_what_each_model_is():
     """Test that classifiers, encoders and reconstructions are declared where they belong."""
     can = {name: set(f.capabilities) for name, f in FAMILIES.items()}
