@@ -130,3 +130,37 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]
         out, err = proc.communicate()
         pytest.fail(f"job did not end within {timeout} s\n{out[-2000:]}\n{err[-2000:]}")
     return proc.returncode, out, err
+
+
+def snapshot_checkpoints(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """{file name: (inode, mtime_ns)} of every checkpoint in `run_dir` now, to compare after."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in (run_dir / "checkpoints").glob("step-*.pt")}
+
+
+def checkpoint_step(name: str) -> int:
+    """The run's step in a checkpoint's name, step-000000012.pt -> 12."""
+    return int(name.removeprefix("step-").removesuffix(".pt"))
+
+
+def assert_resumed(output: str, run_dir: Path, before: dict[str, tuple[int, int]],
+                   step: int | None = None, *, took_steps: bool = True) -> None:
+    """Fail unless the run whose `output` this is resumed from the checkpoint of `step` (default:
+    the newest in `before`, a `snapshot_checkpoints` of `run_dir` taken before it started): it
+    said so, left every checkpoint in `before` as it was (same inode and mtime), and every
+    checkpoint it wrote is of a later step, the first of them included (a run retrained from
+    scratch writes the early ones again). `took_steps=False`: it wrote none."""
+    assert before, f"no checkpoint under {run_dir} to resume from"
+    step = max(map(checkpoint_step, before)) if step is None else step
+    source = run_dir / "checkpoints" / f"step-{step:09d}.pt"
+    assert f"resumed from {source}" in output, (
+        f"no line 'resumed from {source}' in the output\n{output[-3000:]}")
+    after = snapshot_checkpoints(run_dir)
+    changed = sorted(name for name, stat in before.items() if after.get(name) != stat)
+    assert not changed, f"checkpoints up to step {step} rewritten or removed: {changed}"
+    written = sorted(map(checkpoint_step, set(after) - set(before)))
+    if took_steps:
+        assert written, f"the resumed run wrote no checkpoint after step {step}"
+        assert written[0] > step, f"the resumed run began at or before step {step}: {written}"
+    else:
+        assert not written, f"the resumed run took steps: it wrote checkpoints {written}"

@@ -8,17 +8,25 @@ import signal
 import pytest
 import torch
 
-from procs import check_job, finish, rank_pids, start_job, wait_for_file
+from procs import assert_resumed, check_job, finish, rank_pids, snapshot_checkpoints, start_job
+from procs import wait_for_file
 
-# 40 steps an epoch on one rank (2000 / 50), a checkpoint every 10 steps, a stop check every 10.
+# 40 steps an epoch on one rank (2000 / 50), a checkpoint every 10 steps, a stop check every 10;
+# every checkpoint kept, so that a resume can be seen to leave the ones before it alone.
 RUN = ["-m", "hvdl.train", "--train_size", "2000", "--batch_size", "50", "--epochs", "2",
-       "--checkpoint_every", "10", "--stop_check_every", "10", "--log_every", "10"]
+       "--checkpoint_every", "10", "--stop_check_every", "10", "--log_every", "10",
+       "--keep_checkpoints", "100"]
+
+
+def run_folder(results):
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    return run_dir
 
 
 def newest_checkpoint(results):
     """The newest checkpoint of the single run folder under `results`."""
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
-    return torch.load(sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
+    return torch.load(sorted((run_folder(results) / "checkpoints").glob("step-*.pt"))[-1],
+                      weights_only=True)
 
 
 def assert_same_weights(a, b):
@@ -48,8 +56,9 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path,
     assert 0 < stopped["batch"] < 40 and stopped["epoch"] in (0, 1), "not stopped mid-epoch"
     assert stopped["step"] < uninterrupted["step"]
 
+    before = snapshot_checkpoints(run_folder(tmp_path))
     out = check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume"], "python", timeout=180)
-    assert f"resumed from {tmp_path}" in out
+    assert_resumed(out, run_folder(tmp_path), before, stopped["step"])
     assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
     (run_dir,) = tmp_path.iterdir()
     record = json.loads((run_dir / "metrics.json").read_text())
@@ -66,10 +75,13 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(t
     proc.kill()
     status, _, _ = finish(proc)
     assert status == -signal.SIGKILL
-    assert newest_checkpoint(tmp_path)["step"] < uninterrupted["step"]
+    killed = newest_checkpoint(tmp_path)["step"]
+    assert killed < uninterrupted["step"]
 
-    check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume", "auto"], "python",
-              timeout=180)
+    before = snapshot_checkpoints(run_folder(tmp_path))
+    out = check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume", "auto"], "python",
+                    timeout=180)
+    assert_resumed(out, run_folder(tmp_path), before, killed)
     assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
 
 
@@ -85,9 +97,12 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_the_same_step_and_resumes(tmp
     status, out, err = finish(proc)
     assert status == 0, err[-3000:]
     assert out.count("stopped by SIGTERM") == 1, out  # rank 0 reports the signal rank 1 got
-    assert newest_checkpoint(tmp_path / "cut")["step"] < 60
+    stopped = newest_checkpoint(tmp_path / "cut")["step"]
+    assert stopped < 60
 
-    check_job(2, [*run, "--results_dir", str(tmp_path / "cut"), "--resume"], timeout=240)
+    before = snapshot_checkpoints(run_folder(tmp_path / "cut"))
+    out = check_job(2, [*run, "--results_dir", str(tmp_path / "cut"), "--resume"], timeout=240)
+    assert_resumed(out, run_folder(tmp_path / "cut"), before, stopped)
     assert_same_weights(newest_checkpoint(tmp_path / "cut"), newest_checkpoint(tmp_path / "whole"))
 
 
@@ -137,7 +152,9 @@ def test_a_streamed_run_stopped_and_resumed_mid_epoch_ends_as_an_uninterrupted_o
     assert status == 0 and "streamed through a 1.2 MB buffer" in out, err[-3000:]
     stopped = newest_checkpoint(tmp_path / "cut")
     assert 0 < stopped["batch"] < 40, "not stopped mid-epoch"
-    check_job(1, [*cut, "--resume"], "python", timeout=180)
+    before = snapshot_checkpoints(run_folder(tmp_path / "cut"))
+    out = check_job(1, [*cut, "--resume"], "python", timeout=180)
+    assert_resumed(out, run_folder(tmp_path / "cut"), before, stopped["step"])
     assert_same_weights(newest_checkpoint(tmp_path / "cut"), weights["stream"])
 
 
@@ -150,7 +167,9 @@ def test_sigusr1_stops_after_a_checkpoint_like_sigterm(tmp_path, uninterrupted):
     proc.send_signal(signal.SIGUSR1)
     status, out, err = finish(proc)
     assert status == 0 and "stopped by SIGUSR1" in out, err[-3000:]
-    check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume"], "python", timeout=180)
+    before = snapshot_checkpoints(run_folder(tmp_path))
+    out = check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume"], "python", timeout=180)
+    assert_resumed(out, run_folder(tmp_path), before)
     assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
 
 
@@ -186,9 +205,7 @@ def test_resuming_a_run_that_reached_max_steps_takes_no_further_step(tmp_path):
     check_job(1, limited, "python", timeout=180)
     before = newest_checkpoint(tmp_path)
     assert before["step"] == 12
+    saved = snapshot_checkpoints(run_folder(tmp_path))
     out = check_job(1, [*limited, "--resume"], "python", timeout=180)
-    assert f"resumed from {tmp_path}" in out
-    (run_dir,) = tmp_path.iterdir()
-    names = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
-    assert names[-1] == "step-000000012.pt", names
+    assert_resumed(out, run_folder(tmp_path), saved, 12, took_steps=False)
     assert_same_weights(newest_checkpoint(tmp_path), before)
