@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from baddata import DATA_CASES, DEFAULTS
-from procs import ROOT, job_env, run_job
+from procs import BIN, ROOT, job_env, run_job
 
 
 def run_cli(*args, cwd=ROOT):
@@ -48,10 +48,52 @@ def test_bad_input_on_two_ranks_prints_once(tmp_path):
     assert (proc.stdout + proc.stderr).count("hvdl fetch mnist") == 1
 
 
-def test_hvdl_command_lists_subcommands():
-    """Test that `hvdl` with an unknown subcommand names the allowed ones and exits 2."""
-    proc = run_cli("-m", "hvdl", "frobnicate")
-    assert proc.returncode == 2 and "allowed: train, eval, fetch, report, bench" in proc.stderr
+HVDL = BIN / "hvdl"  # the console script `pip install` made for `hvdl.cli:main`
+
+
+def hvdl_command(entry):
+    """`hvdl` by the installed console script ("script") or by `python -m hvdl` ("module")."""
+    return [str(HVDL)] if entry == "script" else [sys.executable, "-m", "hvdl"]
+
+
+@pytest.mark.parametrize("entry", ["script", "module"])
+def test_hvdl_command_lists_subcommands(entry):
+    """Test that `hvdl` with an unknown subcommand or none names all seven in one line, exit 2."""
+    allowed = "allowed: train, eval, fetch, report, bench, data, encode"
+    for args, given in ((["frobnicate", "--model", "lenet5"], "'frobnicate'"), ([], "nothing")):
+        proc = subprocess.run([*hvdl_command(entry), *args], cwd=ROOT, env=job_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr == (
+            f"hvdl: error: unknown command {given}; {allowed}\n"), proc.stderr
+
+
+# Each subcommand given an option no module has: the last line of stderr is that module's own.
+DISPATCH = {
+    "train": "hvdl: error: unknown config key 'bad_option'; allowed: recipe, ",
+    "eval": "hvdl eval: error: the following arguments are required: --checkpoint; see hvdl eval",
+    "encode": "hvdl encode: error: the following arguments are required: --checkpoint, --out",
+    "data": "hvdl data: error: the following arguments are required: command",
+    "bench": "hvdl.bench: error: unrecognized arguments: --bad-option",
+    "report": "hvdl report: error: the following arguments are required: runs",
+    "fetch": "hvdl fetch: error: the following arguments are required: dataset",
+}
+
+
+@pytest.mark.slow
+def test_each_hvdl_subcommand_reaches_its_own_module():
+    """Test that `hvdl train|eval|encode|data|bench|report|fetch` each run their module's parser
+    (its own error, exit 2, no output), by the console script or `python -m hvdl` in turn."""
+    procs = {}
+    # Both entries are hvdl.cli.main (test_hvdl_command_lists_subcommands): each command is run
+    # by one of them, all at once, since most of each is importing torch.
+    for name, entry in zip(DISPATCH, ["script", "module"] * 4):
+        procs[name] = subprocess.Popen([*hvdl_command(entry), name, "--bad-option"], cwd=ROOT,
+                                       env=job_env(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        assert proc.returncode == 2 and DISPATCH[name] in last and not out, (name, err)
 
 
 @pytest.mark.parametrize("backend, words", [
