@@ -8,9 +8,13 @@ layer makes no collective (each rank surveys the whole training set itself).
 import subprocess
 import sys
 
+import h5py
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from hvdl import config as configlib
 from hvdl.config import ConfigError
@@ -39,6 +43,35 @@ def npy_data(tmp_path, rows=ROWS, labels=True, seed=0):
     return x, opts
 
 
+def format_data(tmp_path, fmt, rows=ROWS):
+    """The same rows of 16 byte values (feature 0: the row id mod 256) with labels, stored as
+    `fmt` (csv, parquet, hdf5 or images: 4x4 gray pictures); the options that read them."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (rows, FEATURES)).astype(np.uint8)
+    x[:, 0] = np.arange(rows) % 256
+    names = np.array(["ant", "bee", "cat"])[rng.integers(0, 3, rows)]
+    columns = [f"f{j}" for j in range(FEATURES)]
+    if fmt == "csv":
+        (tmp_path / "d.csv").write_bytes((",".join(columns) + ",y\r\n" + "".join(
+            ",".join(map(str, row)) + f',"{n}"\r\n' for row, n in zip(x.tolist(), names)
+        )).encode())
+        return ["--data.path", str(tmp_path / "d.csv"), "--data.label", "y"]
+    if fmt == "parquet":
+        pq.write_table(pa.table({**{c: x[:, j] for j, c in enumerate(columns)}, "y": names}),
+                       tmp_path / "d.parquet", row_group_size=23)
+        return ["--data.path", str(tmp_path / "d.parquet"), "--data.label", "y"]
+    if fmt == "hdf5":
+        with h5py.File(tmp_path / "d.h5", "w") as f:
+            f["x"], f["y"] = x, rng.integers(0, 3, rows)
+        return ["--data.path", str(tmp_path / "d.h5"), "--data.features", "x", "--data.label",
+                "y"]
+    assert fmt == "images"
+    for i, (row, n) in enumerate(zip(x, names)):
+        (tmp_path / "img" / n).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(row.reshape(4, 4)).save(tmp_path / "img" / n / f"{i:04d}.png")
+    return ["--data.path", str(tmp_path / "img"), "--data.label", "1"]
+
+
 def config(*opts, model="dbn_small"):
     return configlib.load(model, ["--data.scale", "none", *opts])
 
@@ -47,11 +80,14 @@ def batches(shard, epoch, start=0):
     return [(x.clone(), None if y is None else y.clone()) for x, y in shard.batches(epoch, start)]
 
 
-@pytest.mark.parametrize("rank, size", [(0, 1), (1, 3)])
-def test_streamed_and_held_shards_serve_the_same_batches(tmp_path, rank, size):
-    """Test that a streamed shard and a held one give the same batches in the same order,
-    epoch after epoch and from a resumed batch, with windows smaller than the shard."""
-    _, opts = npy_data(tmp_path)
+@pytest.mark.parametrize("fmt, rank, size", [("npy", 0, 1), ("npy", 1, 3), ("csv", 1, 3),
+                                             ("parquet", 1, 3), ("hdf5", 1, 3), ("images", 0, 1)])
+def test_streamed_and_held_shards_serve_the_same_batches(tmp_path, fmt, rank, size):
+    """Test that in every format a streamed shard and a held one give the same batches in the
+    same order, epoch after epoch and from a resumed batch, with windows smaller than the
+    shard."""
+    opts = (npy_data(tmp_path)[1] if fmt == "npy" else  # 300 images: fewer files to write
+            format_data(tmp_path, fmt, rows=300 if fmt == "images" else ROWS))
     opts += ["--batch_size", "10", "--data.chunk_mb", "0.001", "--data.buffer_mb", "0.01"]
     held = dataset.load(config(*opts, "--data.memory", "device"), context(rank, size),
                         labels=True).train
@@ -59,14 +95,21 @@ def test_streamed_and_held_shards_serve_the_same_batches(tmp_path, rank, size):
                             labels=True).train
     assert held.held and not streamed.held and held.steps == streamed.steps > 0
     assert len(held.order.windows(0)) > 2  # the shuffle windows are smaller than the shard
+    epochs = {}
     for epoch in (0, 1, 0):
         a, b = batches(held, epoch), batches(streamed, epoch)
         assert len(a) == len(b) == held.steps
-        for (xa, ya), (xb, yb) in zip(a, b):
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        epochs[epoch] = torch.cat([x for x, _ in a])
+    assert len(epochs[0].unique(dim=0)) == len(epochs[0])  # distinct rows, each once
+    assert not torch.equal(epochs[0], epochs[1])  # the second epoch is ordered anew
     tail_a, tail_b = batches(held, 2, start=7), batches(streamed, 2, start=7)
-    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(tail_a, tail_b))
-    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(batches(held, 2)[7:], tail_a))
+    assert len(tail_a) == len(tail_b) == held.steps - 7
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb)
+               for (xa, ya), (xb, yb) in zip(tail_a, tail_b, strict=True))
+    assert all(torch.equal(xa, xb)
+               for (xa, _), (xb, _) in zip(batches(held, 2)[7:], tail_a, strict=True))
     scanned = torch.cat([x for x, _ in streamed.scan(33)])
     assert torch.equal(scanned, held.x)
     streamed.close()
@@ -88,7 +131,7 @@ def test_a_prefetched_stream_serves_the_held_batches_from_its_start(tmp_path, sc
     a, b = batches(held, 1, start=37), batches(streamed, 1, start=37)
     assert streamed.reader is reader  # the prefetched reader, not a new one
     assert len(a) == len(b) == held.steps - 37
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     streamed.close()
     assert streamed.reader is None and not reader.thread.is_alive()
