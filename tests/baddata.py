@@ -41,6 +41,13 @@ DATA_CASES = {  # case: (the data, written into a scratch folder, and the option
                            ["--data.path", str(t / "1.csv"), "--data.test_path",
                             str(t / "2.csv"), "--data.label", "y", "--model", "dbn_small",
                             "--layers", "0,4,0"], "label '7' at"),
+    "HDF5 key that does not exist": (lambda t: hdf5(t) + ["--data.features", "pixels"],
+                                     "d.h5 has no dataset 'pixels' (it holds x, y); allowed: "
+                                     "one of those"),
+    "full-batch shard over the budget": (
+        lambda t: npy(t, np.ones((400, 4))) + ["--model", "sae_mnist", "--layers", "0,3",
+                                               "--data.budget_mb", "0.001", "--train_size", "0"],
+        "family 'sae' with optimizer 'lbfgs' trains on the whole shard at once, and a shard of"),
 }
 
 
@@ -62,6 +69,14 @@ def npy(tmp_path, x, y=None):
         np.save(tmp_path / "y.npy", y)
         opts += ["--data.label", str(tmp_path / "y.npy")]
     return opts
+
+
+def hdf5(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"], f["y"] = np.ones((4, 2)), np.zeros(4)
+    return ["--data.path", str(tmp_path / "d.h5")]
 
 
 def raw(tmp_path, name, data):

@@ -232,3 +232,54 @@ def test_more_ranks_than_samples_is_reported_once_by_rank_0(tmp_path):
     assert text.count("hvdl: error:") == 1, text[-3000:]
     assert "1 examples cannot be shared by 2 ranks; allowed: at most 1 ranks" in text
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_user_data_with_fewer_rows_than_ranks_is_one_line_from_rank_0(tmp_path):
+    """Test that a 1-row NPY file on 2 ranks under mpirun is bad input: one line from rank 0,
+    status 2, no run folder."""
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.ones((1, 4), dtype=np.float32))
+    proc = run_job(2, ["-m", "hvdl.train", *DEFAULTS, "--data.path", str(tmp_path / "x.npy"),
+                       "--results_dir", str(tmp_path / "runs")], "mpirun", timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    assert text.count("hvdl: error:") == 1, text[-3000:]
+    assert "1 examples cannot be shared by 2 ranks; allowed: at most 1 ranks" in text
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def shapes_csv(path, rows, seed):
+    """A CSV of `rows` 16×16 pictures with string classes; the classes' counts, by name."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (rows, 256))
+    classes = np.array(["circle", "square", "star"])[rng.integers(0, 3, rows)]
+    path.write_text(",".join(f"p{j}" for j in range(256)) + ",shape\n" + "".join(
+        ",".join(map(str, p)) + f",{c}\n" for p, c in zip(pixels, classes)))
+    return {name: int((classes == name).sum()) for name in ("circle", "square", "star")}
+
+
+@pytest.mark.slow
+def test_eval_of_a_csv_checkpoint_on_another_csv_reports_that_files_rows(tmp_path):
+    """Test that `hvdl eval --checkpoint C --data.test_path x.csv --data.label shape` evaluates a
+    model trained on one CSV on the rows of another: its count and its classes' counts."""
+    import json
+
+    shapes_csv(tmp_path / "train.csv", 96, seed=3)
+    counts = shapes_csv(tmp_path / "x.csv", 37, seed=4)
+    proc = run_cli("-m", "hvdl.train", "--data.path", str(tmp_path / "train.csv"),
+                   "--data.label", "shape", "--data.shape", "1,16,16", "--batch_size", "24",
+                   "--epochs", "1", "--results_dir", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "runs").glob("*/checkpoints/step-*.pt")
+    proc = run_cli("-m", "hvdl", "eval", "--checkpoint", str(checkpoint), "--data.test_path",
+                   str(tmp_path / "x.csv"), "--data.label", "shape", "--out",
+                   str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads((tmp_path / "r.json").read_text())
+    assert found["count"] == 37 and "(37 examples)" in proc.stdout, proc.stdout
+    assert found["classes"] == ["circle", "square", "star"]
+    assert [sum(row) for row in found["confusion"]] == [counts[c] for c in found["classes"]]
