@@ -368,10 +368,15 @@ def test_sae_mnist_recipe_runs(tmp_path):
 @pytest.mark.slow
 @needs_train
 def test_stacked_ae_recipe_runs(tmp_path):
-    """Test that stacked_ae_mnist pretrains, trains the softmax and fine-tunes, briefly."""
+    """Test that stacked_ae_mnist pretrains, trains the softmax and fine-tunes, briefly, into a
+    classifier that spreads its predictions and beats chance before and after fine-tuning."""
     _, found = run_recipe(tmp_path, 1, "python", "--model", "stacked_ae_mnist",
-                          "--train_size", "1000", "--sae.lbfgs_iterations", "3",
+                          "--train_size", "1000", "--sae.lbfgs_iterations", "25",
                           "--sae.finetune_iterations", "1", "--max_steps", "3")
-    assert [found["stages"][f"layer{i}"]["iterations"] for i in (1, 2)] == [3, 3]
-    assert 0 <= found["test_before_finetune"]["accuracy"] <= 1
-    assert found["test_after_finetune"]["count"] == 10000
+    assert [found["stages"][f"layer{i}"]["iterations"] for i in (1, 2)] == [25, 25]
+    assert found["stages"]["finetune"]["step"] == 3
+    for key in ("test_before_finetune", "test_after_finetune"):  # each reaches 0.47; chance 0.1
+        assert found[key]["count"] == 10000
+        predicted = [sum(column) for column in zip(*found[key]["confusion"])]
+        assert sum(n >= 100 for n in predicted) >= 3, (key, predicted)
+        assert found[key]["accuracy"] > 0.3, (key, found[key]["accuracy"])
