@@ -92,19 +92,30 @@ def test_removing_a_slot_mid_training_lets_the_run_finish_on_one_rank(tmp_path, 
                      r"lr x1\b", out), out[-3000:]  # the reset: shards and rate for one rank
 
 
-def test_adding_a_slot_mid_training_lets_a_new_worker_join(tmp_path):
-    """Test that a slot added mid-run starts a worker that joins with rank 0's model, and the run
-    completes on 2 ranks at the doubled rate."""
+# The stages each family's run records, with their epochs: every one must be there in full.
+EPOCHS_OF = {"cnn": {"train": EPOCHS}, "rbm": {"pretrain1": 18},
+             "dbn": {"pretrain1": 18, "pretrain2": 18, "finetune": 2}}
+
+
+@pytest.mark.parametrize("family", list(EPOCHS_OF))
+def test_adding_a_slot_mid_training_lets_a_new_worker_join(tmp_path, family):
+    """Test that a slot added mid-run starts a worker that joins with rank 0's model and step,
+    and the run completes on 2 ranks at the doubled rate with every epoch recorded (LeNet-5, an
+    RBM and a DBN)."""
     hosts, results = tmp_path / "hosts", tmp_path / "runs"
     hosts.write_text("localhost:1\n")
-    proc = start_elastic(1, hosts, results)
+    proc = start_elastic(1, hosts, results, [*COMMON, *FAMILIES[family]])
     wait_for_file("*/checkpoints/step-*.pt", results, proc, timeout=180)
     hosts.write_text("localhost:2\n")
     out = finish_ok(proc)
     start, found = stages(results)
-    history = found["train"]
-    assert [e["epoch"] for e in history] == list(range(1, EPOCHS + 1)), history
-    assert start == 1 and history[-1]["ranks"] == 2, (start, history)
-    check_epochs(history)
-    assert re.search(r"elastic: 2 rank\(s\), train epoch \d+, step \d+, 40 steps an epoch, "
-                     r"lr x2\b", out), out[-3000:]
+    assert {name: [e["epoch"] for e in history] for name, history in found.items()} == {
+        name: list(range(1, epochs + 1)) for name, epochs in EPOCHS_OF[family].items()}, found
+    first, *later = found.values()
+    assert start == 1 and first[-1]["ranks"] == 2, (start, found)
+    assert all(e["ranks"] == 2 for history in later for e in history), found
+    for history in found.values():
+        check_epochs(history)  # identical parameters on both ranks after the join
+    name = next(iter(found))
+    assert re.search(rf"elastic: 2 rank\(s\), {name} epoch \d+, step [1-9]\d*, 40 steps an "
+                     r"epoch, lr x2\b", out), out[-3000:]  # the join, where rank 0 had got to
