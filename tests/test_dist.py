@@ -1,4 +1,12 @@
-"""Launcher detection and per-rank resources (no Horovod job needed)."""
+"""Launcher detection and per-rank resources (no Horovod job needed), and the horovod engine
+under a plain `mpirun` (a real job)."""
+
+import json
+
+import pytest
+import torch
+
+from procs import check_job
 
 from hvdl.schedule import scaled_lr
 from hvdl.host import cpu_threads, launcher_size
@@ -25,3 +33,36 @@ def test_learning_rate_warms_up_to_the_scaled_rate():
     assert abs(scaled_lr(0.1, 4, step=5, warmup_steps=10) - 0.25) < 1e-12
     assert scaled_lr(0.1, 4, step=10, warmup_steps=10) == 0.4
     assert scaled_lr(0.1, 4, step=0, warmup_steps=10, scaling="none") == 0.1
+
+
+def final_weights(results):
+    (run_dir,) = results.iterdir()
+    last = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
+    return run_dir, torch.load(last, weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_horovod_engine_under_plain_mpirun_trains_as_one_process(tmp_path):
+    """Test that `mpirun -np 2 python -m hvdl.train --dist.backend horovod` runs Horovod on MPI,
+    says and records so, and its SGD steps on one global batch give one process's weights."""
+    weights = {}
+    for np_, launcher, extra in ((1, "python", []), (2, "mpirun", ["--dist.backend", "horovod"])):
+        results = tmp_path / launcher
+        out = check_job(np_, ["-m", "hvdl.train", "--train_size", "128", "--batch_size",
+                              str(128 // np_), "--epochs", "2", "--optimizer", "sgd",
+                              "--momentum", "0.9", "--lr", "0.05", "--lr_scaling", "none",
+                              "--schedule", "constant", "--results_dir", str(results), *extra],
+                        launcher, timeout=300)
+        run_dir, weights[np_] = final_weights(results)
+    assert out.splitlines()[0] == (
+        "hvdl: engine horovod (dist.backend horovod; started by mpirun)"), out[:300]
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    assert (meta["engine"], meta["controller"], meta["world_size"]) == ("horovod", "mpi", 2), meta
+    assert sorted(r["rank"] for r in meta["inventory"]) == [0, 1], meta["inventory"]
+    from hvdl.models.cnn import LeNet5
+
+    torch.manual_seed(42)  # the run's seed: its initial weights
+    initial = LeNet5().state_dict()
+    assert max(float((weights[1][k] - initial[k]).abs().max()) for k in initial) > 1e-3
+    for name, w1 in weights[1].items():
+        torch.testing.assert_close(weights[2][name], w1, rtol=0, atol=1e-6, msg=name)
