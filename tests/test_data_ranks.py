@@ -12,14 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
+from hvdl import config as configlib
 from hvdl.data import chunks, idx
 from hvdl.data.mnist import load_mnist, resolve_data_dir
 from hvdl.data.tool import main as tool
+from hvdl.dist import Context
+from hvdl.trainers.cnn import build_classifier
 from procs import ROOT, check_job, run_job
 
 pytestmark = pytest.mark.slow
 
 ROWS = 103
+CSV_CLASSES = [f'{n}, said "{n}"' for n in ("ant", "bee", "cat")]  # the quoted CSV labels read
 CHUNK = ["--data.chunk_mb", str(8 * 16 / 2**20), "--data.buffer_mb", str(3 * 16 * 8 / 2**20),
          "--batch_size", "5"]  # chunks of 8 rows of 4 features, windows of 3 chunks
 
@@ -39,8 +43,9 @@ def datasets(tmp_path_factory):
     idx.write_idx(t / "y-idx1-ubyte.gz", y.astype(np.uint8))
     with h5py.File(t / "d.h5", "w") as f:
         f["x"], f["y"] = x, y
-    (t / "d.csv").write_text("id,b,c,d,cls\n" + "".join(
-        f"{a},{b},{c},{d},{n}\n" for (a, b, c, d), n in zip(x.tolist(), names)))
+    (t / "d.csv").write_bytes(("id,b,c,d,cls\r\n" + "".join(  # quoted labels, CRLF endings
+        f'{a},{b},{c},{d},"{n}, said ""{n}"""\r\n' for (a, b, c, d), n in zip(x.tolist(), names)
+    )).encode())
     pq.write_table(pa.table({"id": x[:, 0], "b": x[:, 1], "c": x[:, 2], "d": x[:, 3],
                              "cls": names}), t / "d.parquet", row_group_size=7)
     for i in range(ROWS):
@@ -82,29 +87,49 @@ def test_every_format_is_dealt_disjoint_covering_shards_with_equal_steps(tmp_pat
         assert sorted(together + test) == list(range(ROWS)), name
         assert max(map(len, train)) - min(map(len, train)) <= 1, name
         assert {r["steps"] for r in ranks} == {len(together) // size // 5}, name
-        assert ranks[0]["classes"] in ([0, 1, 2], ["ant", "bee", "cat"]), name
+        assert ranks[0]["classes"] in ([0, 1, 2], ["ant", "bee", "cat"], CSV_CLASSES), name
+        assert (ranks[0]["classes"] == CSV_CLASSES) == (name == "csv"), name
     assert len(test) == round(0.25 * ROWS) and not found["npy-stream"][0]["held"]
     for held, streamed in zip(found["npy"], found["npy-stream"]):
         assert held["batches"] == streamed["batches"] and held["train"] == streamed["train"]
     for name in ("idx", "hdf5", "csv", "parquet"):  # the same rows in any format, the same shards
         assert [r["train"] for r in found[name]] == [r["train"] for r in found["npy"]], name
+        assert [r["labels"] for r in found[name]] == [r["labels"] for r in found["npy"]], name
 
 
-def final_weights(results):
+def trained_weights(results, fmt, path, rows, classes, shape):
+    """The final weights of the one LeNet-5 run under `results`, after checking that it read
+    `path` as `fmt` with `rows` (train, test) and that every weight moved from its start."""
     (run_dir,) = [p for p in results.iterdir() if p.is_dir()]
+    info = json.loads((run_dir / "data.json").read_text())
+    assert (info["format"], info["path"]) == (fmt, str(path)), info
+    assert info["rows"] == {"train": rows[0], "test": rows[1]}, info["rows"]
+    assert info["classes"] == classes and info["shape"] == list(shape), info
+    meta = json.loads((run_dir / "metadata.json").read_text())["data"]
+    assert (meta["format"], meta["path"], meta["rows"]) == (fmt, str(path), info["rows"])
     newest = sorted((run_dir / "checkpoints").glob("step-*.pt"))[-1]
-    return torch.load(newest, weights_only=True)["model"]
+    state = torch.load(newest, weights_only=True)
+    assert (state["data"]["format"], state["data"]["path"]) == (fmt, str(path))
+    ctx = Context(rank=0, size=1, local_rank=0, local_size=1, device=torch.device("cpu"),
+                  threads=1, controller="single")
+    start = build_classifier(configlib.load("lenet5", []), ctx,
+                             {"classes": classes, "shape": shape}).state_dict()
+    assert state["model"].keys() == start.keys()
+    still = [name for name, w in start.items() if torch.equal(state["model"][name], w)]
+    assert not still, f"weights that never moved from their start: {still}"
+    return state["model"]
 
 
 def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
-    """Test that SGD on one global batch of a user's CSV images gives the same weights with -np 1
-    and -np 2, string labels and all."""
+    """Test that SGD on one global batch of a user's CSV images (quoted string labels, CRLF) gives
+    the same weights with -np 1 and -np 2, weights that moved, from the CSV's 96 rows."""
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (96, 256))
-    classes = np.array(["circle", "square", "star"])[rng.integers(0, 3, 96)]
-    header = ",".join(f"p{j}" for j in range(256)) + ",shape\n"
-    rows = "".join(",".join(map(str, p)) + f",{c}\n" for p, c in zip(pixels, classes))
-    (tmp_path / "shapes.csv").write_text(header + rows)
+    names = ["circle", "square", "star, 5 points"]
+    classes = np.array(names)[rng.integers(0, 3, 96)]
+    header = ",".join(f"p{j}" for j in range(256)) + ",shape\r\n"  # quoted labels, CRLF
+    rows = "".join(",".join(map(str, p)) + f',"{c}"\r\n' for p, c in zip(pixels, classes))
+    (tmp_path / "shapes.csv").write_bytes((header + rows).encode())
     weights = {}
     for np_ in (1, 2):
         out = tmp_path / f"np{np_}"
@@ -114,7 +139,8 @@ def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
                         "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
                         "--lr_scaling", "none", "--schedule", "constant", "--label_smoothing",
                         "0", "--results_dir", str(out)])
-        weights[np_] = final_weights(out)
+        weights[np_] = trained_weights(out, "csv", tmp_path / "shapes.csv", (96, 0), names,
+                                       (1, 16, 16))
     for name, w1 in weights[1].items():
         torch.testing.assert_close(weights[2][name], w1, rtol=0, atol=1e-6, msg=name)
     assert weights[1]["classifier.5.weight"].shape == (3, 84)
@@ -122,7 +148,8 @@ def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
 
 def test_mnist_in_five_formats_trains_to_bit_identical_weights(tmp_path):
     """Test that a slice of MNIST as IDX, CSV, Parquet, NPY and HDF5 (written by `hvdl data
-    convert`) trains LeNet-5 on 2 ranks to the same weights, bit for bit."""
+    convert`) trains LeNet-5 on 2 ranks to the same weights, bit for bit, each run reading its
+    own format's 1200 + 300 rows and moving every weight."""
     images, labels = load_mnist(resolve_data_dir(), "train")
     test_images, test_labels = load_mnist(resolve_data_dir(), "test")
     files = {}
@@ -152,7 +179,8 @@ def test_mnist_in_five_formats_trains_to_bit_identical_weights(tmp_path):
     for fmt, options in runs.items():
         check_job(2, ["-m", "hvdl.train", *options, "--epochs", "1", "--max_steps", "6",
                       "--results_dir", str(tmp_path / f"runs-{fmt}")])
-        weights[fmt] = final_weights(tmp_path / f"runs-{fmt}")
+        weights[fmt] = trained_weights(tmp_path / f"runs-{fmt}", fmt, options[1], (1200, 300),
+                                       list(range(10)), (1, 28, 28))
     for fmt, found in weights.items():
         for name, tensor in weights["idx"].items():
             assert torch.equal(found[name], tensor), (fmt, name)
