@@ -13,6 +13,7 @@ is allowed (hvdl/config_rules.py).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 import typing
@@ -154,6 +155,7 @@ class Config:
     # unit counts, input first, e.g. (784, 500, 500, 2000, 10); a 0 first (inputs) or last (classes)
     # is taken from the data
     layers: tuple[int, ...] = ()
+    # lbfgs: full-batch L-BFGS for sae and stacked_ae (UFLDL), else lbfgs_batch_iterations a batch
     optimizer: Literal["sgd", "adam", "lbfgs"] = "sgd"
     # L-BFGS iterations per minibatch (optimizer = "lbfgs")
     lbfgs_batch_iterations: Positive[int] = 3
@@ -180,7 +182,8 @@ class Config:
     resume: str = ""  # "" | "auto" (newest checkpoint of the last run of this recipe) | a path
     # steps between the ranks' agreement on a SIGTERM/SIGUSR1 stop
     stop_check_every: Positive[int] = 10
-    elastic: bool = False  # Horovod elastic training (horovodrun --min-np/--max-np); family cnn
+    # Horovod elastic training (horovodrun --min-np/--max-np); the minibatch families
+    elastic: bool = False
     # steps between elastic in-memory state commits (elastic = true)
     commit_every: Positive[int] = 20
     max_steps: NonNegative[int] = 0  # stop after this many steps (0: no limit); for smoke tests
@@ -262,13 +265,21 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
 def _field_type(key: str) -> Any:
     section, _, name = key.rpartition(".")
     cls = SECTIONS.get(section) if section else Config
-    if cls is None:
-        raise ConfigError(f"unknown config key {key!r}; sections: {', '.join(SECTIONS)}")
-    hints = typing.get_type_hints(cls)
-    if name not in hints or (not section and name in SECTIONS):
-        allowed = ", ".join(f.name for f in dataclasses.fields(cls) if f.name not in SECTIONS)
-        raise ConfigError(f"unknown config key {key!r}; allowed: {allowed}")
+    hints = typing.get_type_hints(cls) if cls else {}
+    if cls is None or name not in hints or (not section and name in SECTIONS):
+        raise ConfigError(f"unknown config key {key!r}{_nearest(key)}; `hvdl train --help` "
+                          "lists every key")
     return hints[name]
+
+
+def _nearest(key: str) -> str:
+    """" (did you mean 'K'?)" naming the known key closest to `key`, or "" if none is."""
+    known = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    known += [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    bare = {k.rpartition(".")[2]: k for k in known}  # a section's key given without its section
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    close = close or [bare[k] for k in difflib.get_close_matches(key, list(bare), n=1, cutoff=0.75)]
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def build(values: dict[str, Any]) -> Config:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from hvdl import dist
+from hvdl.cli import overrides_epilog
 from hvdl.data import dataset
 from hvdl.errors import ArgumentParser, BadInput, fail
 from hvdl.families import load_trained, with_overrides
@@ -33,12 +34,14 @@ from hvdl.inference import check_out, encode_part, pick_layer, write_manifest
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """(this command's options, the `--KEY VALUE` config overrides)."""
-    parser = ArgumentParser(prog="hvdl encode", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="hvdl encode", description=__doc__.splitlines()[0],
+                            epilog=overrides_epilog())
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt written by hvdl")
     parser.add_argument("--out", required=True, type=Path, help="a new or empty folder")
     parser.add_argument("--layer", type=int, help="the hidden layer, 1 = the first (default: "
                         "the code layer or the last)")
-    parser.add_argument("--format", choices=("parquet", "npy"), default="parquet")
+    parser.add_argument("--format", choices=("parquet", "npy"), default="parquet",
+                        help="file format of each rank's part")
     parser.add_argument("--data_dir", "--data-dir", default="", help="MNIST folder")
     return parser.parse_known_args(argv)
 

@@ -26,8 +26,26 @@ def fail(message: str, is_root: bool, status: int = 2) -> UsageExit:
     return UsageExit(status)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`--help` keeps a description's and epilog's own lines and names each option's default
+    (where it has one its help does not already name)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default in (None, "", ())
+                or default is argparse.SUPPRESS or isinstance(default, bool)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with its errors on one line like every other bad input."""
+    """argparse, with its errors on one line like every other bad input, and `--help` naming
+    every option's default."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         if self.exit_on_error is not False:

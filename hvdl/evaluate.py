@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 from hvdl import dist
+from hvdl.cli import overrides_epilog
 from hvdl.data import dataset
 from hvdl.errors import ArgumentParser, BadInput, fail
 from hvdl.families import load_trained, with_overrides
@@ -29,7 +30,8 @@ from hvdl.inference import figures, format_report
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """(this command's options, the `--KEY VALUE` config overrides)."""
-    parser = ArgumentParser(prog="hvdl eval", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="hvdl eval", description=__doc__.splitlines()[0],
+                            epilog=overrides_epilog())
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt written by hvdl")
     parser.add_argument("--data_dir", "--data-dir", default="", help="MNIST folder")
     parser.add_argument("--out", type=Path, help="write the full report as JSON here")

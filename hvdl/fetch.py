@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from hvdl.data import mnist
+from hvdl.errors import ArgumentParser
 
 # The standard MNIST mirrors, in the order torchvision tries them.
 MIRRORS = (
@@ -146,7 +147,7 @@ def sync_dir(folder: Path) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line arguments of `hvdl fetch`."""
-    parser = argparse.ArgumentParser(prog="hvdl fetch", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="hvdl fetch", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", help=f"dataset to fetch: {', '.join(DATASETS)}")
     parser.add_argument("--data-dir", default="",
                         help="target folder (default: $HVDL_DATA, else the project's data/; "

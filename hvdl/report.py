@@ -9,12 +9,13 @@ The tables in `results/` are produced this way from the run's own `metadata.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
+
+from hvdl.errors import ArgumentParser
 
 
 def describe(meta: dict[str, Any]) -> list[str]:
@@ -150,7 +151,7 @@ def compare(run_dirs: list[Path], keys: list[str], *, metrics: tuple[str, ...] =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hvdl report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="hvdl report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders")
     parser.add_argument("--compare", metavar="KEYS", type=lambda v: v.split(","),
                         help="one table, a row per run, with these comma-separated config keys "

@@ -28,6 +28,7 @@ import sys
 
 from hvdl import config as configlib
 from hvdl import dist
+from hvdl.cli import options_help
 from hvdl.config import ConfigError
 from hvdl.engine import NonFiniteLoss
 from hvdl.errors import BadInput, fail
@@ -35,17 +36,20 @@ from hvdl.host import launcher_rank
 from hvdl.preemption import Stopped
 from hvdl.run import run_training
 
-USAGE = """usage: python -m hvdl.train [--model RECIPE] [--KEY VALUE ...]
-recipes: {recipes}
-keys: see hvdl/config.py (sections as --sae.rho 0.1); a resolved config.toml is in each run folder
+USAGE = """usage: hvdl train [--model RECIPE] [--KEY VALUE ...] [--print-config]
+       (or python -m hvdl.train ...; under horovodrun, mpirun, torchrun or srun alike)
+
+--model RECIPE   a recipe in models/ ({recipes}) or a .toml file
+--print-config   print the resolved config (the recipe, then the options) as TOML and exit
+--KEY VALUE      set a field (--KEY=VALUE too; a true/false field alone means true); a section's
+                 field as --SECTION.KEY VALUE. Every field follows, with its default (and the
+                 recipe's value where it differs), what it allows and what it means.
 """
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[str]]:
-    """Split argv into the recipe name and the config overrides."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE.format(recipes=", ".join(configlib.recipe_names())), end="")
-        raise SystemExit(0)
+    """Split argv into the recipe name and the config overrides (`--help` and `--print-config`
+    are answered by `main`)."""
     model, rest, i = "lenet5", [], 0
     while i < len(argv):
         if argv[i] == "--model" and i + 1 < len(argv):
@@ -58,14 +62,31 @@ def parse_args(argv: list[str]) -> tuple[str, list[str]]:
     return model, rest
 
 
+def print_help(model: str) -> None:
+    """The usage and every option, with `model`'s values beside the defaults."""
+    try:
+        recipe = configlib.load(model)
+    except ConfigError:
+        recipe = None
+    print(USAGE.format(recipes=", ".join(configlib.recipe_names())))
+    print(options_help(["", *configlib.SECTIONS], recipe, model))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     is_root = launcher_rank() == 0
+    model, overrides = parse_args(argv)
+    if any(a in ("-h", "--help") for a in overrides):
+        print_help(model)
+        return 0
     try:
-        model, overrides = parse_args(argv)
-        config = configlib.load(model, overrides)
+        config = configlib.load(model, [a for a in overrides if a != "--print-config"])
     except ConfigError as err:
         raise fail(str(err), is_root) from None
+    if "--print-config" in overrides:
+        if is_root:
+            print(configlib.to_toml(config), end="")
+        return 0
     dist.set_horovod_knobs(config.perf, elastic=config.elastic)
     try:
         ctx = dist.init(threads=config.threads or None, backend=config.dist.backend,

@@ -32,17 +32,21 @@ from typing import Any
 
 from hvdl.bench.launch import VARIANTS, run_one
 from hvdl.bench.plain import SPECS
+from hvdl.errors import ArgumentParser
 
 IMPLS = ("plain", "ddp", *VARIANTS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hvdl.bench", description=__doc__.split(
-        "\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=tuple(SPECS), default=list(SPECS))
-    parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--variants", nargs="+", choices=IMPLS, default=["plain", "hvdl", "ddp"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = ArgumentParser(prog="hvdl bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", choices=tuple(SPECS), default=list(SPECS),
+                        metavar="MODEL", help=f"families to measure: {', '.join(SPECS)}")
+    parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2], metavar="N",
+                        help="rank counts to run each variant at")
+    parser.add_argument("--variants", nargs="+", choices=IMPLS, default=["plain", "hvdl", "ddp"],
+                        metavar="VARIANT", help=f"implementations to time: {', '.join(IMPLS)}")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each (model, variant, ranks), interleaved")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--threads", default="auto",
@@ -58,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retries", type=int, default=2, help="reruns of a disturbed job")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                         help="glibc allocator of every job: hvdl's setting, or glibc's own")
-    parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--out", default="results/bench",
+                        help="folder for bench.json, bench.md and bench.png")
     parser.add_argument("--tiny", action="store_true",
                         help="a few steps and one repeat: checks the machinery in seconds")
     parser.add_argument("--render", metavar="FOLDER",

@@ -24,11 +24,11 @@ from hvdl.data import chunks, mnist
 from hvdl.data.prepare import label_keys, vocabulary
 from hvdl.data.source import FILE_FORMATS, DataError, Source, Spec, format_of, open_source
 from hvdl.data.writers import Layout, label_path, open_writer
-from hvdl.errors import BadInput
+from hvdl.errors import ArgumentParser, BadInput
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hvdl data", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="hvdl data", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, what in (("inspect", "describe a dataset and its sharing"),
                        ("convert", "write a dataset in another format, streaming")):
@@ -50,8 +50,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         if name == "inspect":
             sub.add_argument("--ranks", type=int, default=1, help="ranks to deal the data to")
             sub.add_argument("--batch-size", type=int, default=64, help="per rank")
-            sub.add_argument("--test-fraction", type=float, default=0.0)
-            sub.add_argument("--seed", type=int, default=42)
+            sub.add_argument("--test-fraction", type=float, default=0.0,
+                             help="share held out for testing (data.test_fraction)")
+            sub.add_argument("--seed", type=int, default=42,
+                             help="seed of the held-out draw and the chunk order")
     return parser.parse_args(argv)
 
 
