@@ -155,7 +155,10 @@ def load_trained(path: Path, device: torch.device | str = "cpu") -> Trained:
 def with_overrides(trained: Trained, overrides: list[str], data_dir: str = "") -> Config:
     """The checkpoint's config with `--KEY VALUE` overrides on top (the data to read, say)."""
     values = configlib.flatten(configlib.to_dict(trained.config), "checkpoint")
-    values.update(configlib.parse_overrides(overrides))
+    given = configlib.parse_overrides(overrides)
+    if given.get("data.test_path") and "data.test_fraction" not in given:
+        values["data.test_fraction"] = 0.0  # the test data named now replaces the held-out share
+    values.update(given)
     if data_dir:
         values["data_dir"] = data_dir
     return configlib.build(values)

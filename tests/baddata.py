@@ -47,7 +47,8 @@ DATA_CASES = {  # case: (the data, written into a scratch folder, and the option
     "full-batch shard over the budget": (
         lambda t: npy(t, np.ones((400, 4))) + ["--model", "sae_mnist", "--layers", "0,3",
                                                "--data.budget_mb", "0.001", "--train_size", "0"],
-        "family 'sae' with optimizer 'lbfgs' trains on the whole shard at once, and a shard of"),
+        "family 'sae' with optimizer 'lbfgs' trains on the whole shard at once, and a shard of "
+        "0.006 MiB is over the budget of 0.001 MiB"),
 }
 
 

@@ -90,7 +90,8 @@ def decide(config: Config, ctx: Context, sharing: Sharing, nbytes: int, held: bo
         hold = mode == "device"
     if held and not hold:
         why = ("data.memory is 'stream'" if mode == "stream" else
-               f"a shard of {nbytes / 2**30:.2f} GB is over the budget of {limit / 2**30:.2f} GB")
+               f"a shard of {nbytes / 2**20:,.3f} MiB is over the budget of "
+               f"{limit / 2**20:,.3f} MiB")
         raise ConfigError(f"family {config.family!r} with optimizer {config.optimizer!r} trains "
                           f"on the whole shard at once, and {why}; allowed: a shard that fits "
                           "(more ranks, data.budget_mb, data.memory 'device'), or optimizer sgd "
