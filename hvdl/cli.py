@@ -44,7 +44,7 @@ def version() -> str:
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"usage: hvdl COMMAND [OPTIONS]   (hvdl COMMAND --help for its options)", "",
+    lines = ["usage: hvdl COMMAND [OPTIONS]   (hvdl COMMAND --help for its options)", "",
              "commands:"]
     lines += [f"  {name:{width}}  {what}" for name, (_, what) in COMMANDS.items()]
     lines += ["", "  --version  print hvdl's version", "  --help     this list"]

@@ -4,8 +4,8 @@ When a rank dies or its host drops off the network, the ranks left see only "Hor
 shut down", and horovodrun's Gloo launcher names the failed process by its index ("Process
 name: 1"), not its host. So each rank of a multi-rank job listens on a TCP port of its own (a
 thread accepts and closes every connection, as long as the process lives); the ports travel
-with the inventory (hvdl/dist/__init__.py), and a rank whose collective fails tries every other rank's
-port: a refused connection means that rank's process is gone, no answer within a few seconds
+with the inventory (hvdl/dist/__init__.py), and a rank whose collective fails tries every other
+rank's port: a refused connection means that rank's process is gone, no answer within a few seconds
 that its host is down or cut off. tests/test_multihost.py kills and cuts off hosts to check it.
 """
 

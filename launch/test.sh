@@ -7,5 +7,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/launch/setup.sh"
 cd "$root"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# The linter first (pyproject's [tool.ruff]): a finding fails the command as a failed test does.
+"$root/.venv/bin/ruff" check --quiet "$root"
 # pytest's own status passes through: 5 (no test ran) fails like any other non-zero status.
 exec "$root/.venv/bin/python" -m pytest -ra "$@"

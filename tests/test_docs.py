@@ -8,7 +8,6 @@ claim by claim: the module docstrings of the tests it names)."""
 import re
 import shlex
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -107,7 +107,7 @@ def test_every_commands_options_have_help(capsys, monkeypatch, command):
     options = [a for a in shown if a.option_strings and "--help" not in a.option_strings]
     assert options, out
     for action in options:
-        assert action.help and action.help.strip(), f"{command}: {action.option_strings} has no help"
+        assert action.help and action.help.strip(), f"{command}: {action.option_strings}"
         assert action.option_strings[0] in out
     if command in ("eval", "encode"):  # and the config fields that choose other data
         assert "  --data.test_path  default '';" in out and "--dist.backend" in out

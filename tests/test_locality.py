@@ -86,7 +86,7 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402  (the worker above imports only what it measures around)
 
-from procs import ROOT, check_job  # noqa: E402
+from procs import check_job  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

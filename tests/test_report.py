@@ -42,7 +42,8 @@ def test_an_rbm_run_shows_the_figures_it_records(tmp_path):
     epoch = {"epoch": 1, "seconds": 3.3, "momentum": 0.5, "train_recon": 14.948,
              "heldout_recon": 5.24, "free_energy_gap": -0.048}
     text = report.summarise(run_folder(tmp_path / "run", {"pretrain1": [epoch], "final": {}}))
-    assert "| pretrain1 epoch | train recon. | held-out recon. | free-energy gap | seconds |" in text
+    assert ("| pretrain1 epoch | train recon. | held-out recon. | free-energy gap | seconds |"
+            in text)
     assert "| 1 | 14.948 | 5.240 | -0.048 | 3.3 |" in text
 
 
