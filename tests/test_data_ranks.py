@@ -122,7 +122,8 @@ def trained_weights(results, fmt, path, rows, classes, shape):
 
 def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
     """Test that SGD on one global batch of a user's CSV images (quoted string labels, CRLF) gives
-    the same weights with -np 1 and -np 2, weights that moved, from the CSV's 96 rows."""
+    the same weights in one process and with -np 2, weights that moved, from the CSV's 96
+    rows."""
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (96, 256))
     names = ["circle", "square", "star, 5 points"]
@@ -138,7 +139,7 @@ def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
                         "standardize", "--batch_size", str(96 // np_), "--epochs", "2",
                         "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
                         "--lr_scaling", "none", "--schedule", "constant", "--label_smoothing",
-                        "0", "--results_dir", str(out)])
+                        "0", "--results_dir", str(out)], "python" if np_ == 1 else "gloo")
         weights[np_] = trained_weights(out, "csv", tmp_path / "shapes.csv", (96, 0), names,
                                        (1, 16, 16))
     for name, w1 in weights[1].items():
@@ -148,8 +149,8 @@ def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
 
 def test_mnist_in_five_formats_trains_to_bit_identical_weights(tmp_path):
     """Test that a slice of MNIST as IDX, CSV, Parquet, NPY and HDF5 (written by `hvdl data
-    convert`) trains LeNet-5 on 2 ranks to the same weights, bit for bit, each run reading its
-    own format's 1200 + 300 rows and moving every weight."""
+    convert`) trains LeNet-5 on 2 ranks (mpirun) to the same weights, bit for bit, each run
+    reading its own format's 1200 + 300 rows and moving every weight."""
     images, labels = load_mnist(resolve_data_dir(), "train")
     test_images, test_labels = load_mnist(resolve_data_dir(), "test")
     files = {}
@@ -178,7 +179,7 @@ def test_mnist_in_five_formats_trains_to_bit_identical_weights(tmp_path):
     weights = {}
     for fmt, options in runs.items():
         check_job(2, ["-m", "hvdl.train", *options, "--epochs", "1", "--max_steps", "6",
-                      "--results_dir", str(tmp_path / f"runs-{fmt}")])
+                      "--results_dir", str(tmp_path / f"runs-{fmt}")], "mpirun")
         weights[fmt] = trained_weights(tmp_path / f"runs-{fmt}", fmt, options[1], (1200, 300),
                                        list(range(10)), (1, 28, 28))
     for fmt, found in weights.items():
