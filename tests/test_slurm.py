@@ -76,10 +76,12 @@ def submit_and_wait(tmp_path: Path, name: str, args: list[str], timeout: float,
 
 
 def test_sbatch_trains_on_two_ranks_and_writes_a_complete_run_folder(cluster, tmp_path):
-    """Test that sbatch slurm/train.sh runs hvdl.train on ranks 0 and 1 of 2 to completion."""
+    """Test that sbatch slurm/train.sh runs hvdl.train on ranks 0 and 1 of 2 to completion, its
+    output file holding whole progress lines."""
     name = f"hvdl-test-{uuid.uuid4().hex[:8]}"
     runs = tmp_path / "runs"
-    proc, output = submit_and_wait(tmp_path, name, [*TINY, "--results_dir", str(runs)], 300)
+    proc, output = submit_and_wait(tmp_path, name, [*TINY, "--log_every", "5", "--results_dir",
+                                                    str(runs)], 300)
     assert proc.returncode == 0, f"sbatch --wait exited {proc.returncode}\n{proc.stderr}{output}"
     job_id = proc.stdout.strip().split(";")[0]
     assert job_state(job_id) in ("COMPLETED", "UNKNOWN"), output  # UNKNOWN: aged out already
@@ -92,6 +94,10 @@ def test_sbatch_trains_on_two_ranks_and_writes_a_complete_run_folder(cluster, tm
     meta = json.loads((run_dir / "metadata.json").read_text())
     assert meta["world_size"] == 2, output
     assert sorted(r["rank"] for r in meta["inventory"]) == [0, 1], output
+    raw = next(tmp_path.glob(f"{name}-*.out")).read_bytes().decode()  # read_text turns \r to \n
+    assert "\r" not in raw and re.search(  # step 5 of 1,000 rows / 64 a rank, whole
+        r"^train epoch 1: step 5/15 \(33%\), [\d,]+ samples/s, (\d+:\d\d(:\d\d)?|\d+ s) left, "
+        r"cost \d+\.\d{4}$", raw, re.M), output
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
