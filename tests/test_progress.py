@@ -4,16 +4,25 @@ test_stages.py, sbatch's output file in test_slurm.py."""
 
 import json
 import re
+import subprocess
 
 import pytest
 
-from procs import run_job
+from procs import ROOT, job_env, launch_command
 
 pytestmark = pytest.mark.slow
 
 # A progress line, whole: stage and epoch, step of total, samples/s, time left, cost.
 LINE = re.compile(r"train epoch 1: step (\d+)/(\d+) \(\d+%\), [\d,]+ samples/s, "
                   r"(\d+:\d\d(:\d\d)?|\d+ s) left, cost \d+\.\d{4}")
+
+
+def run_raw(np_, args, launcher):
+    """A finished job with its stdout and stderr as sent: text mode would turn \\r into \\n."""
+    proc = subprocess.run(launch_command(np_, args, launcher), cwd=ROOT, env=job_env(),
+                          capture_output=True, timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
+                                       proc.stderr.decode())
 
 
 def progress_lines(text):
@@ -24,7 +33,7 @@ def test_progress_comes_in_whole_lines_under_mpirun(tmp_path):
     """Test that under mpirun progress is whole lines on rank 0's stdout, without carriage
     returns, naming the stage, epoch, step of total, samples/s, time left and cost, at most one
     every 10 s besides the epoch's last."""
-    proc = run_job(2, ["-m", "hvdl.train", "--train_size", "4000", "--epochs", "1",
+    proc = run_raw(2, ["-m", "hvdl.train", "--train_size", "4000", "--epochs", "1",
                        "--log_every", "5", "--results_dir", str(tmp_path)], "mpirun")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -42,7 +51,7 @@ def test_progress_comes_in_whole_lines_under_mpirun(tmp_path):
 def test_progress_none_prints_no_progress_but_the_run_s_lines(tmp_path):
     """Test that `--progress none` prints no progress line or bar, and still the run's lines:
     engine, run folder, data, the epoch's summary and test figures."""
-    proc = run_job(1, ["-m", "hvdl.train", "--train_size", "640", "--epochs", "1",
+    proc = run_raw(1, ["-m", "hvdl.train", "--train_size", "640", "--epochs", "1",
                        "--log_every", "1", "--progress", "none", "--results_dir", str(tmp_path)],
                    "python")
     assert proc.returncode == 0, proc.stderr[-3000:]
