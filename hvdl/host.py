@@ -42,6 +42,18 @@ def launcher_rank(environ: Mapping[str, str] | None = None) -> int:
     return 0
 
 
+def launcher_local_rank(environ: Mapping[str, str] | None = None) -> int | None:
+    """This process's rank on its node as the launcher announces it, before any engine starts
+    (None when no launcher says)."""
+    environ = os.environ if environ is None else environ
+    torchrun = "LOCAL_RANK" if "TORCHELASTIC_RUN_ID" in environ else ""
+    for var in ("HOROVOD_LOCAL_RANK", torchrun, "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                "SLURM_LOCALID"):
+        if environ.get(var, "").isdigit():
+            return int(environ[var])
+    return None
+
+
 def launcher_size(environ: Mapping[str, str] | None = None) -> tuple[int, str | None]:
     """Return (tasks, variable) as announced by the launcher; (1, None) when none says."""
     environ = os.environ if environ is None else environ

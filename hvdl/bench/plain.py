@@ -125,7 +125,7 @@ def sparse_loss(net: SparseAE, out: tuple[torch.Tensor, torch.Tensor], x: torch.
     err = ((x_hat - x) ** 2).sum()
     a_sum = a2.sum(0)  # (196,)
     total = reduce_sum(torch.cat([a_sum.detach(), err.detach().reshape(1),
-                                  x.new_tensor([len(x)])]))  # (198,)
+                                  x.new_full((1,), len(x))]))  # (198,)
     m = total[-1]
     rho_hat = (total[:-2] / m).clamp(1e-6, 1 - 1e-6)  # (196,)
     rho, beta, lam = SAE["rho"], SAE["beta"], SAE["lam"]

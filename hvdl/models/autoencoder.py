@@ -114,7 +114,9 @@ def sparse_share(x: torch.Tensor, x_hat: torch.Tensor, a2: torch.Tensor,
     """
     err = ((x_hat - x) ** 2).sum()  # this rank's Σ‖x̂ − x‖²
     a_sum = a2.sum(0)  # (n_hidden,) this rank's Σ_i a2_ij
-    local = torch.cat([a_sum.detach(), err.detach().reshape(1), a2.new_tensor([len(x), 1.0])])
+    # the counts filled on the device (new_tensor would copy from the host and wait for it)
+    local = torch.cat([a_sum.detach(), err.detach().reshape(1), a2.new_full((1,), len(x)),
+                       a2.new_ones(1)])
     total = reduce_sum(local)  # (n_hidden + 3,)
     m, ranks = total[-2], total[-1]
     eps = torch.finfo(a2.dtype).eps  # keeps the logarithms finite for a saturated unit
@@ -177,7 +179,7 @@ class SparseLoss:
 def mean_predictor_error(x: torch.Tensor, reduce_sum: Reduce = identity) -> float:
     """(1/2m) Σ‖x̄ − x‖²: the reconstruction term of always predicting the global mean example."""
     x = x.double()
-    local = torch.cat([x.sum(0), (x ** 2).sum().reshape(1), x.new_tensor([len(x)])])
+    local = torch.cat([x.sum(0), (x ** 2).sum().reshape(1), x.new_full((1,), len(x))])
     total = reduce_sum(local)  # (n + 2,)
     m = total[-1]
     mean = total[:-2] / m  # (n,)
@@ -214,8 +216,8 @@ def classifier_share(logits: torch.Tensor, y: torch.Tensor, decayed: Sequence[to
     `logits` (B, classes) are this rank's; m is global; the shares summed over ranks give ∇J.
     """
     ce = F.cross_entropy(logits, y, reduction="sum")
-    total = reduce_sum(torch.stack([ce.detach(), logits.new_tensor(len(y)),
-                                    logits.new_tensor(1.0)]))  # (3,)
+    total = reduce_sum(torch.stack([ce.detach(), logits.new_full((), len(y)),
+                                    logits.new_ones(())]))  # (3,), filled on the device
     m, ranks = total[1], total[2]
     decay = 0.5 * lam * sum((w ** 2).sum() for w in decayed)
     share = ce / m + decay / ranks

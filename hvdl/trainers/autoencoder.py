@@ -48,7 +48,7 @@ def make_reduce(ctx: Context, name: str) -> ae.Reduce:
     """Sum over ranks by allreduce (the identity in a one-rank job)."""
     if ctx.size == 1:
         return ae.identity
-    return lambda t: dist.allreduce_sum(t.cpu(), name=name).to(t.device)
+    return lambda t: dist.allreduce_sum(t, name=name)  # on the device: no wait for the host
 
 
 def draw_filters(run: RunLog, tag: str, W: torch.Tensor, shape: tuple[int, int] | None,
