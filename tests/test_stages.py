@@ -165,26 +165,89 @@ def test_eval_on_two_ranks_equals_one_process(tmp_path, trained, family):
 
 @pytest.mark.parametrize("family", ["sae", "stacked_ae", "rbm", "dbn", "deep_ae"])
 def test_encode_writes_every_row_once_in_file_order(tmp_path, trained, family):
-    """Test that `hvdl encode` on 2 ranks writes two parts that together are the 1-process
-    encoding, rows in file order with their labels, and a manifest of them."""
+    """Test that `hvdl encode` on 2 ranks writes two parts that together are the model's encoding
+    of every row, in file order with their labels, and a manifest of them."""
     ckpt = checkpoints(trained[family])[-1]
-    tables = {}
-    for np_, launcher in ((1, "python"), (2, "gloo")):
-        out = tmp_path / f"codes{np_}"
-        check_job(np_, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out)],
-                  launcher)
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert [p["rank"] for p in manifest["parts"]] == list(range(np_))
-        parts = [pq.read_table(out / p["files"][0]) for p in manifest["parts"]]
-        assert sum(p.num_rows for p in parts) == manifest["rows"] == 1200
-        tables[np_] = np.concatenate([np.column_stack([c.to_numpy() for c in p.drop(["label"]).columns])
-                                    for p in parts])
-        labels = np.concatenate([p.column("label").to_numpy() for p in parts])
+    out = tmp_path / "codes"
+    check_job(2, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out)], "gloo")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [p["rank"] for p in manifest["parts"]] == [0, 1]
+    assert (manifest["family"], manifest["format"]) == (family, "parquet")
+    parts = [pq.read_table(out / p["files"][0]) for p in manifest["parts"]]
+    assert [p.num_rows for p in parts] == [p["rows"] for p in manifest["parts"]]
+    assert all(p.num_rows > 0 for p in parts) and sum(p.num_rows for p in parts) == 1200
+    assert manifest["rows"] == 1200
+    codes = np.concatenate([np.column_stack([c.to_numpy() for c in p.drop(["label"]).columns])
+                            for p in parts])
+    labels = np.concatenate([p.column("label").to_numpy() for p in parts])
+    expected, layer = encoded_by_the_model(ckpt, 1200)
+    assert manifest["layer"] == layer
+    np.testing.assert_array_equal(labels, mnist_train()[1][:1200])
+    assert codes.shape == expected.shape
+    np.testing.assert_allclose(codes, expected, rtol=0, atol=1e-5)
+    assert codes.std(0).max() > 0  # the codes vary with the input
+
+
+def mnist_train():
     from hvdl.data.mnist import load_mnist, resolve_data_dir
 
-    np.testing.assert_array_equal(labels, load_mnist(resolve_data_dir(), "train")[1][:1200])
-    np.testing.assert_allclose(tables[2], tables[1], rtol=0, atol=1e-6)
-    assert tables[1].std(0).max() > 0  # the codes vary with the input
+    return load_mnist(resolve_data_dir(), "train")
+
+
+def encoded_by_the_model(ckpt, rows, layer=None):
+    """(codes, layer): the family's encoder of hidden layer `layer` (default: the code or the
+    last) applied to the first `rows` training digits scaled by the checkpoint's record, the
+    model built from the checkpoint as hvdl/families.py builds it."""
+    from hvdl import config as configlib
+    from hvdl.families import FAMILIES
+
+    payload = torch.load(ckpt, weights_only=True)
+    config = configlib.from_dict(payload["config"])
+    family = FAMILIES[config.family]
+    model = family.build(config, payload["data"])
+    model.load_state_dict(payload["model"])
+    model.eval()
+    scale = payload["data"]["scale"]
+    x = mnist_train()[0][:rows].reshape(rows, -1).astype(np.float32)
+    x = (x - np.asarray(scale["shift"], np.float32)) / np.asarray(scale["div"], np.float32)
+    layer = layer or family.depth(config)
+    with torch.no_grad():
+        codes = family.encoder(model, layer)(torch.from_numpy(x).to(next(model.parameters()).dtype))
+    return codes.float().numpy(), layer
+
+
+def test_encode_layer_1_as_npy_gives_the_first_hidden_layer(tmp_path, trained):
+    """Test that `hvdl encode --layer 1 --format npy` of a deep autoencoder writes the first
+    hidden layer's codes (layers[1] wide, not the code layer's) as .npy with the labels."""
+    ckpt = checkpoints(trained["deep_ae"])[-1]
+    out = tmp_path / "codes"
+    check_job(1, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out),
+                  "--layer", "1", "--format", "npy"], "python")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["layer"], manifest["format"], manifest["rows"]) == (1, "npy", 1200)
+    (part,) = manifest["parts"]
+    assert sorted(part["files"]) == ["part-00000.labels.npy", "part-00000.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", *sorted(part["files"])]
+    codes = np.load(out / "part-00000.npy")
+    expected, _ = encoded_by_the_model(ckpt, 1200, layer=1)
+    assert codes.shape == expected.shape == (1200, 32)  # --layers 0,32,16,8
+    np.testing.assert_allclose(codes, expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(np.load(out / "part-00000.labels.npy"),
+                                  mnist_train()[1][:1200])
+
+
+def test_encode_of_a_classifier_without_an_encoder_is_bad_input(tmp_path, trained):
+    """Test that `hvdl encode` of a cnn checkpoint exits with status 2 and one line, writing
+    nothing."""
+    ckpt = checkpoints(trained["cnn"])[-1]
+    out = tmp_path / "codes"
+    proc = run_job(1, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out)],
+                   "python")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hvdl: error: "), proc.stderr
+    assert "family 'cnn' has no encoder" in lines[0], lines[0]
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("launcher", ["gloo", "mpi"])
