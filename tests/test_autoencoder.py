@@ -326,12 +326,7 @@ def run_recipe(tmp_path, np_, launcher, *args):
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
 
-needs_train = pytest.mark.skipif(not (ROOT / "hvdl" / "train.py").exists(),
-                                 reason="hvdl/train.py is not there yet")
-
-
 @pytest.mark.slow
-@needs_train
 def test_sae_patches_recipe_runs_on_two_ranks_with_identical_parameters(tmp_path):
     """Test that sae_patches runs 3 L-BFGS iterations on 2 ranks, which end identical."""
     run_dir, found = run_recipe(tmp_path, 2, "gloo", "--model", "sae_patches",
@@ -345,7 +340,6 @@ def test_sae_patches_recipe_runs_on_two_ranks_with_identical_parameters(tmp_path
 
 
 @pytest.mark.slow
-@needs_train
 def test_sae_minibatch_adam_runs_on_two_ranks(tmp_path):
     """Test that the minibatch path (Adam through Horovod's optimizer) trains sae_patches."""
     _, found = run_recipe(tmp_path, 2, "gloo", "--model", "sae_patches", "--optimizer", "adam",
@@ -356,7 +350,6 @@ def test_sae_minibatch_adam_runs_on_two_ranks(tmp_path):
 
 
 @pytest.mark.slow
-@needs_train
 def test_sae_mnist_recipe_runs(tmp_path):
     """Test that sae_mnist runs 3 L-BFGS iterations on 1,000 digits."""
     run_dir, found = run_recipe(tmp_path, 1, "python", "--model", "sae_mnist",
@@ -366,7 +359,6 @@ def test_sae_mnist_recipe_runs(tmp_path):
 
 
 @pytest.mark.slow
-@needs_train
 def test_stacked_ae_recipe_runs(tmp_path):
     """Test that stacked_ae_mnist pretrains, trains the softmax and fine-tunes, briefly, into a
     classifier that spreads its predictions and beats chance before and after fine-tuning."""
