@@ -3,7 +3,8 @@
     launch/slurm-local.sh && python -m pytest tests/test_slurm.py
 
 Skipped, with the script's reason, where the cluster cannot be started (not root, no apt-get, a
-package apt-get cannot install), or failed with it where HVDL_REQUIRE_CLUSTER=1 (CI). The cluster is left running afterwards; starting it again is a no-op, so reruns are cheap.
+package apt-get cannot install), or failed with it where HVDL_REQUIRE_CLUSTER=1 (CI). A cluster
+the tests started is stopped afterwards; one that was up before stays up.
 """
 
 from __future__ import annotations
