@@ -60,9 +60,13 @@ def launch_command(np: int, args: list[str], launcher: str = "gloo") -> list[str
 
 def run_job(np: int, args: list[str], launcher: str = "gloo", timeout: float = 300,
             cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    """Run a job to completion and return it (stdout and stderr captured as text)."""
-    return subprocess.run(launch_command(np, args, launcher), cwd=cwd or ROOT,
-                          env=job_env(**env), capture_output=True, text=True, timeout=timeout)
+    """Run a job to completion and return it (stdout and stderr captured as text, decoded as
+    written: text mode would turn a carriage return into a newline, hiding a progress bar)."""
+    proc = subprocess.run(launch_command(np, args, launcher), cwd=cwd or ROOT,
+                          env=job_env(**env), capture_output=True, timeout=timeout)
+    proc.stdout, proc.stderr = (proc.stdout.decode(errors="replace"),
+                                proc.stderr.decode(errors="replace"))
+    return proc
 
 
 def check_job(np: int, args: list[str], launcher: str = "gloo", **kw) -> str:
