@@ -1,35 +1,44 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, run hvdl from this tree and record what it does
-# there, in at most 330 s (meant to fit 6 minutes on one H200); installs nothing, needs no network.
+# there, in at most 420 s (one 10-minute device command with room to spare); installs nothing,
+# needs no network.
 #
 #   bash launch/gpu-check.sh                  # results in results/gpu/<date>-<host>/
 #   bash launch/gpu-check.sh --out DIR        # or: bash launch/gpu-check.sh DIR
 #   HVDL_PYTHON=/opt/conda/bin/python bash launch/gpu-check.sh
 #
 # The python ($HVDL_PYTHON, default python3) needs a CUDA torch and hvdl's other dependencies
-# (pyproject.toml); Horovod is not needed. The parts, each under `timeout` so that a part that
-# fails or hangs leaves the others to run, all within HVDL_CHECK_BUDGET_S seconds (330):
-#   modules           the python modules hvdl imports
-#   recipes load      every recipe in models/ loads
-#   gpu tests         python -m pytest -m gpu tests
-#   lenet5_fast       the recipe to the end: test accuracy, training seconds, when 99% was reached
-#   rbm 784-500 CD-1  rbm_mnist, one epoch of CD-1: samples/s
-#   recipe NAME       every recipe for 200 steps a stage, one process: samples/s
-#   bench 1 rank      python -m hvdl.bench: hvdl's loop against a plain PyTorch loop, 1 rank
-#   lenet5_fast fp32  the recipe again without bf16
-#   horovod build     Horovod with NCCL from a local sdist ($HVDL_HOROVOD_SDIST or
-#                     ~/.cache/hvdl/horovod-*.tar.gz) into a temporary folder, 90 s at most
-#   peak GPU memory   torch.cuda.max_memory_allocated of every run, and nvidia-smi's reading
+# (pyproject.toml); Horovod is not needed. The parts run in order of value, so that a check cut
+# short has done the most useful ones; each runs under `timeout` with a cap that is its share of
+# the budget HVDL_CHECK_BUDGET_S (420 s; the caps below are for 420 and scale with it; they add
+# to 400 s, and the last 20 s are kept for the peak memory, the summary and the archive):
+#   mpi runtime        10 s  mpirun/mpiexec on PATH, and mpi4py loading the MPI library
+#   modules            15 s  the python modules hvdl imports
+#   recipes load       15 s  every recipe in models/ loads
+#   gpu tests         110 s  the GPU tests only (below); the mpi ones skip without an MPI runtime
+#   lenet5_fast        30 s  the recipe to the end (bf16): test accuracy, seconds to 99%
+#   lenet5_fast fp32   30 s  the same without bf16
+#   rbm 784-500 CD-1   30 s  rbm_mnist, 3 epochs of batch 100: samples/s of the last epoch
+#   rbm ... batch 1000 20 s  the same at batch 1000 (is batch 100 launch-bound?)
+#   bench 1 rank       60 s  python -m hvdl.bench: hvdl's loop against a plain PyTorch loop
+#   recipe NAME        80 s  in all, shared by every other recipe (lenet5_fast and rbm_mnist ran
+#                            above): 100 steps a stage, once each, one process: samples/s
+#   peak GPU memory          torch.cuda.max_memory_allocated of every run, and nvidia-smi's
+# The GPU tests alone, here or anywhere (a test that needs what the machine lacks skips):
+#   python -m pytest -m gpu tests/test_gpu_loop.py tests/test_sync.py tests/test_engines.py
+# (`python -m pytest -m gpu` finds the same tests, after importing the whole suite.)
 # Into the results folder: summary.md (one line per part: status, figure, time), logs/ (each
-# part's output), runs/ (run folders, checkpoints removed), bench/ and machine.txt. On the
-# terminal one line per part, or without CUDA a single line: only the parts that need no GPU
-# (modules, recipes load, a lenet5_fast smoke run of 14 steps on the CPU) run.
+# part's output), runs/ (run folders, checkpoints removed), bench/ and machine.txt; and beside
+# it, after every part, one archive of it, <folder>.tar.gz (its files under 1 MB, no checkpoints
+# nor TensorBoard events): the one file to carry back. On the terminal one line per part, or
+# without CUDA a single line: only the parts that need no GPU (mpi runtime, modules, recipes
+# load, a lenet5_fast smoke run of 14 steps on the CPU) run, the others are listed as skipped.
 # Exit status: 0 when no part failed, 1 when one did, 2 when the python cannot import torch.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=${HVDL_PYTHON:-python3}
-budget=${HVDL_CHECK_BUDGET_S:-330}
+budget=${HVDL_CHECK_BUDGET_S:-420}
 out=""
 while (($#)); do
     case $1 in
@@ -45,6 +54,7 @@ host=${host%%.*}
 out=${out:-$root/results/gpu/$(date +%Y%m%d-%H%M)-$host}
 mkdir -p "$out/logs" "$out/runs"
 out=$(cd "$out" && pwd)
+archive=$out.tar.gz
 cd "$root"
 export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export LC_ALL=C
@@ -136,10 +146,16 @@ def smoke(folder):
         sys.exit(3)
 
 
-def rbm(folder):
-    epoch = metrics(folder)["pretrain1"][-1]
-    return (f"{epoch['samples_per_s']:,.0f} samples/s ({epoch['step']} steps of batch 100 in "
-            f"{epoch['seconds']:.2f} s){peak(folder)}")
+def rbm(folder, batch):
+    """CD-1's rate in the last of at least 3 epochs (the first pays for CUDA's start-up)."""
+    history = metrics(folder)["pretrain1"]
+    if len(history) < 3:
+        sys.exit(f"{len(history)} epoch(s) recorded, 3 needed")
+    last, first = history[-1], history[0]
+    steps = last["step"] - history[-2]["step"]
+    return (f"{last['samples_per_s']:,.0f} samples/s in epoch {len(history)} ({steps} steps of "
+            f"batch {batch} in {last['seconds']:.2f} s; epoch 1: "
+            f"{first['samples_per_s']:,.0f}; goal 1,000,000){peak(folder)}")
 
 
 def bench(path):
@@ -180,11 +196,11 @@ def peaks(out):
     return "; ".join(parts)
 
 
-mode, arg = sys.argv[1], sys.argv[2]
+mode, arg, *more = sys.argv[1:]
 if mode in ("lenet", "smoke"):
     {"lenet": lenet, "smoke": smoke}[mode](arg)
 else:
-    print({"recipe": recipe, "rbm": rbm, "bench": bench, "peaks": peaks}[mode](arg))
+    print({"recipe": recipe, "rbm": rbm, "bench": bench, "peaks": peaks}[mode](arg, *more))
 EOF
 
 # The modules hvdl imports: failed when a needed one is missing.
@@ -216,6 +232,27 @@ print(line)
 sys.exit(1 if needed else 0)
 EOF
 
+# The MPI runtime: a launcher on PATH and the library mpi4py loads. One line; exit 0 either way
+# (no MPI is a fact about the machine: the mpi GPU tests skip), non-zero only if loading hangs.
+read -r -d '' MPI_PY <<'EOF' || true
+import shutil
+
+launchers = [name for name in ("mpirun", "mpiexec") if shutil.which(name)]
+try:
+    from mpi4py import MPI
+
+    # e.g. "Open MPI v4.1.4, package: ..."; Open MPI ends it with a NUL
+    library = MPI.Get_library_version().replace("\0", "").strip().split(",")[0].strip()
+except Exception as err:  # ImportError, or the library missing behind mpi4py
+    library = ""
+    why = f"{type(err).__name__}: {err}".splitlines()[0][:120]
+where = ", ".join(launchers) + " on PATH" if launchers else "no mpirun or mpiexec on PATH"
+if launchers and library:
+    print(f"yes: {where}; mpi4py loads {library}")
+else:
+    print(f"no MPI runtime ({where}; mpi4py: {library or why}): the mpi GPU tests skip")
+EOF
+
 # --- parts ----------------------------------------------------------------------------------
 
 rows=()     # the summary's table rows
@@ -241,8 +278,21 @@ write_summary() {
         printf '%s\n' "${rows[@]}"
         echo
         echo "Each part's output is in \`logs/\`, its run folder (checkpoints removed) in"
-        echo "\`runs/\`, the benchmark's tables in \`bench/\`, the machine in \`machine.txt\`."
+        echo "\`runs/\`, the benchmark's tables in \`bench/\`, the machine in \`machine.txt\`;"
+        echo "all of it but checkpoints, TensorBoard events and files over 1 MB in"
+        echo "\`$(basename "$archive")\` beside this folder."
     } >"$out/summary.md"
+    pack
+}
+
+# pack: the results folder's small files into one archive beside it (rewritten after every part,
+# so that a check cut short still leaves one file to carry back).
+pack() {
+    local parent name
+    parent=$(dirname "$out") name=$(basename "$out")
+    (cd "$parent" && find "$name" -type f -size -1024k ! -name '*.pt' \
+        ! -name 'events.out.tfevents*' | sort | tar -czf "$archive.part" -T -) &&
+        mv -f "$archive.part" "$archive"
 }
 
 # record NAME STATUS FIGURE TIME: one row of the summary (rewritten at once) and of the terminal.
@@ -302,7 +352,7 @@ finish() {
             [[ $frc == 3 ]] || status="failed: no figure"
         fi
     else
-        figure=$(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | sed 's/^=* *//; s/ *=*$//' |
+        figure=$(grep -av '^[[:space:]]*$' "$log" | tail -n 1 | sed 's/^=* *//; s/ *=*$//' |
                  cut -c 1-160) || true
     fi
     record "$name" "$status" "$figure" "$took"
@@ -329,7 +379,8 @@ cleanup() {
     [[ -z $smi_pid ]] || kill "$smi_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
-trap 'cleanup; echo "gpu-check: interrupted; what ran is in $out/summary.md" >&2; exit 130' INT TERM
+trap 'cleanup; pack; echo "gpu-check: interrupted; what ran is in $out/summary.md," \
+    "$archive" >&2; exit 130' INT TERM
 
 # --- the machine ----------------------------------------------------------------------------
 
@@ -368,89 +419,81 @@ if [[ $cuda_ok == True ]] && command -v nvidia-smi >/dev/null; then
 fi
 ((quiet)) || echo "gpu-check: $machine_line; results in $out"
 
+# Each part's cap: its share of the budget, given in seconds for 420 s (they add to 400 s; the last
+# 20 s are for the peak memory, the summary and the archive).
+cap() { echo $(($1 * budget / 420)); }
+
 # --- what needs no GPU ----------------------------------------------------------------------
 
-run_part modules 60 "$py" -c "$MODULES_PY"
+run_part "mpi runtime" "$(cap 10)" "$py" -c "$MPI_PY"
+finish "mpi runtime"
+
+run_part modules "$(cap 15)" "$py" -c "$MODULES_PY"
 finish modules
 
-run_part "recipes load" 60 "$py" -c 'from hvdl import config
+run_part "recipes load" "$(cap 15)" "$py" -c 'from hvdl import config
 names = config.recipe_names()
 for name in names:
     config.load(name)
 print(len(names), "recipes:", *names)'
 finish "recipes load"
-recipes=$(sed -n 's/^[0-9]* recipes: //p' "$log")
+recipes=()  # every recipe but the two measured on their own above the recipe loop
+for name in $(sed -n 's/^[0-9]* recipes: //p' "$log"); do
+    [[ $name == lenet5_fast || $name == rbm_mnist ]] || recipes+=("$name")
+done
 
 if [[ $cuda_ok != True ]]; then
     train "lenet5_fast CPU smoke" 120 --model lenet5_fast --train_size 4000 --epochs 2
     finish "lenet5_fast CPU smoke" figures smoke "$run_dir"
-    gpu_parts=("gpu tests" lenet5_fast "rbm 784-500 CD-1")
-    for name in $recipes; do gpu_parts+=("recipe $name"); done
-    gpu_parts+=("bench 1 rank" "lenet5_fast fp32" "horovod build" "peak GPU memory")
+    gpu_parts=("gpu tests" lenet5_fast "lenet5_fast fp32" "rbm 784-500 CD-1"
+               "rbm 784-500 CD-1 batch 1000" "bench 1 rank")
+    for name in "${recipes[@]}"; do gpu_parts+=("recipe $name"); done
+    gpu_parts+=("peak GPU memory")
     for name in "${gpu_parts[@]}"; do
         record "$name" "skipped: no CUDA device" "" ""
     done
     echo "gpu-check: no CUDA device (torch $torch_version, cuda available: False);" \
-        "ran the CPU parts only ($passed ok, $failed failed): $out/summary.md"
+        "ran the CPU parts only ($passed ok, $failed failed): $out/summary.md, $archive"
     exit $((failed > 0))
 fi
 
-# --- the GPU --------------------------------------------------------------------------------
+# --- the GPU, most valuable first -----------------------------------------------------------
 
-run_part "gpu tests" 150 "$py" -m pytest -m gpu -q -p no:cacheprovider -rfEs tests
+# The GPU tests alone (the header's list): collecting the whole suite would cost seconds, and
+# its CPU tests would pick cuda:0 and fail their bit-exact comparisons.
+gpu_tests=(tests/test_gpu_loop.py tests/test_sync.py tests/test_engines.py)
+run_part "gpu tests" "$(cap 110)" "$py" -m pytest -m gpu -q -p no:cacheprovider -rfEs \
+    "${gpu_tests[@]}"
 finish "gpu tests"  # pytest's last line: how many passed, failed, were skipped
 
-train lenet5_fast 90 --model lenet5_fast
+train lenet5_fast "$(cap 30)" --model lenet5_fast
 finish lenet5_fast figures lenet "$run_dir"
 
-train "rbm 784-500 CD-1" 60 --model rbm_mnist --rbm.pretrain_epochs 1
-finish "rbm 784-500 CD-1" figures rbm "$run_dir"
+train "lenet5_fast fp32" "$(cap 30)" --model lenet5_fast --perf.bf16 false
+finish "lenet5_fast fp32" figures lenet "$run_dir"
 
-# A few hundred steps of each recipe: every stage stops after 200 (an RBM stack has one stage
-# per layer); L-BFGS stages take 50 iterations.
-for name in $recipes; do
-    train "recipe $name" 75 --model "$name" --max_steps 200 --rbm.pretrain_epochs 1 \
-        --rbm.finetune_epochs 1 --sae.lbfgs_iterations 50 --sae.finetune_iterations 1 \
-        --keep_checkpoints 1
-    finish "recipe $name" figures recipe "$run_dir"
-done
+# CD-1's rate from the last of 3 epochs (the first pays for CUDA's start-up); at batch 100 a step
+# may be bound by kernel launches, so batch 1000 too.
+train "rbm 784-500 CD-1" "$(cap 30)" --model rbm_mnist --rbm.pretrain_epochs 3
+finish "rbm 784-500 CD-1" figures rbm "$run_dir" 100
 
-run_part "bench 1 rank" 150 "$py" -m hvdl.bench --models lenet5 sae rbm dbn --ranks 1 \
+train "rbm 784-500 CD-1 batch 1000" "$(cap 20)" --model rbm_mnist --rbm.pretrain_epochs 3 \
+    --batch_size 1000
+finish "rbm 784-500 CD-1 batch 1000" figures rbm "$run_dir" 1000
+
+run_part "bench 1 rank" "$(cap 60)" "$py" -m hvdl.bench --models lenet5 sae rbm dbn --ranks 1 \
     --variants plain hvdl --repeats 1 --steps 500 --warmup 50 --out "$out/bench"
 finish "bench 1 rank" figures bench "$out/bench/bench.json"
 
-train "lenet5_fast fp32" 60 --model lenet5_fast --perf.bf16 false
-finish "lenet5_fast fp32" figures lenet "$run_dir"
-
-# Horovod with NCCL from a source distribution already on this machine, built into a temporary
-# folder and thrown away: whether it builds here, never installed, never waited on past 90 s.
-sdist=${HVDL_HOROVOD_SDIST:-}
-if [[ -z $sdist ]]; then
-    sdist=$(find "${HOME:-}/.cache/hvdl" -maxdepth 3 -name 'horovod-*.tar.gz' 2>/dev/null |
-            sort | tail -n 1) || true
-fi
-if [[ -z $sdist || ! -f $sdist ]]; then
-    record "horovod build" "skipped: no Horovod source here (no network)" "" ""
-elif ! command -v cmake >/dev/null || ! command -v c++ >/dev/null; then
-    record "horovod build" "skipped: needs cmake and a C++ compiler" "$sdist" ""
-else
-    work=$(mktemp -d)
-    # shellcheck disable=SC2016  # expanded by the inner bash
-    run_part "horovod build" 90 bash -c '
-        set -euo pipefail
-        tar -xzf "$1" -C "$2"
-        src=$(find "$2" -maxdepth 1 -type d -name "horovod-*" | head -n 1)
-        sed -i "s/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/" "$src/CMakeLists.txt" \
-            "$src/horovod/torch/CMakeLists.txt"
-        export CMAKE_POLICY_VERSION_MINIMUM=3.5 HOROVOD_GPU_OPERATIONS=NCCL
-        export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
-        export MAKEFLAGS="-j$(nproc)" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
-        "$3" -m pip wheel -q --no-build-isolation --no-deps --no-index -w "$2/dist" "$src"
-        ls "$2"/dist/horovod-*.whl' _ "$sdist" "$work" "$py"
-    [[ $status != "failed: timed out"* ]] || status+=" (a whole build takes longer than that)"
-    finish "horovod build"
-    rm -rf "$work"
-fi
+# Every other recipe once, 100 steps a stage (an RBM stack has one stage per layer; L-BFGS
+# stages take 25 iterations), the loop's 80 s shared among them.
+each=$(($(cap 80) / (${#recipes[@]} > 0 ? ${#recipes[@]} : 1)))
+for name in "${recipes[@]}"; do
+    train "recipe $name" "$each" --model "$name" --max_steps 100 --rbm.pretrain_epochs 1 \
+        --rbm.finetune_epochs 1 --sae.lbfgs_iterations 25 --sae.finetune_iterations 1 \
+        --keep_checkpoints 1
+    finish "recipe $name" figures recipe "$run_dir"
+done
 
 if figure=$(figures peaks "$out" 2>&1); then
     record "peak GPU memory" ok "$figure" ""
@@ -458,5 +501,5 @@ else
     record "peak GPU memory" "failed: nothing recorded" "$figure" ""
 fi
 
-echo "gpu-check: $passed ok, $failed failed: $out/summary.md"
+echo "gpu-check: $passed ok, $failed failed: $out/summary.md, $archive"
 exit $((failed > 0))

@@ -140,6 +140,15 @@ def test_gpu_engines_on_two_ranks_equal_one_gpu_process(tmp_path, digits, engine
     """Test that the engines' GPU paths give one GPU process's weights on 2 ranks."""
     if torch.cuda.device_count() < gpus:
         pytest.skip(f"needs {gpus} CUDA device(s)")
+    if where == "mpirun":  # an MPI runtime: Open MPI's mpirun, and its library loaded by mpi4py
+        probe = run_job(1, ["-c", "from mpi4py import MPI; print(MPI.Get_library_version())"],
+                        "python", timeout=60) if shutil.which("mpirun", path=job_env()["PATH"]) \
+            else None
+        if probe is None or probe.returncode or "Open MPI" not in probe.stdout:
+            said = (probe.stderr + probe.stdout).strip() if probe else ""
+            pytest.skip("needs an MPI runtime: " + (
+                "no mpirun on PATH" if probe is None else "mpi4py cannot load Open MPI's "
+                f"library ({(said or 'no output').splitlines()[-1][-200:]})"))
     one_batch_run(tmp_path / "one", 1, "python", digits)
     one_batch_run(tmp_path / "two", 2, where, digits, ["--dist.backend", engine], **env)
     reference = newest_checkpoint(tmp_path / "one")["model"]
