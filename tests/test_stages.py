@@ -26,15 +26,18 @@ COMMON = ["-m", "hvdl.train", "--train_size", "1200", "--log_every", "5",
 RUNS = {
     "cnn": (["--model", "lenet5", "--epochs", "2", "--batch_size", "30"], 30),
     "sae": (["--model", "sae_mnist", "--layers", "0,32", "--sae.lbfgs_iterations", "60"], 20),
+    # layer1 ends at step 20: 30 is in layer2
     "stacked_ae": (["--model", "stacked_ae_mnist", "--layers", "0,24,16,0",
-                    "--sae.lbfgs_iterations", "20", "--sae.finetune_iterations", "2",
-                    "--batch_size", "60"], 30),  # layer1 ends at 20: 30 is in layer2
+                    "--sae.lbfgs_iterations", "20", "--sae.finetune_iterations", "6",
+                    "--lr", "0.03", "--batch_size", "60"], 30),
     "rbm": (["--model", "rbm_mnist", "--layers", "0,32", "--batch_size", "30",
              "--rbm.pretrain_epochs", "3"], 50),
     "dbn": (["--model", "dbn_small", "--layers", "0,32,16,0", "--batch_size", "30",
-             "--rbm.pretrain_epochs", "2", "--rbm.finetune_epochs", "2"], 100),  # pretrain2
+             "--rbm.pretrain_epochs", "2", "--rbm.finetune_epochs", "2",
+             "--rbm.finetune_lr", "0.5"], 100),  # pretrain2
     "deep_ae": (["--model", "deep_ae_mnist", "--layers", "0,32,16,8", "--batch_size", "30",
-                 "--rbm.pretrain_epochs", "1", "--rbm.finetune_epochs", "2",
+                 "--rbm.pretrain_epochs", "1", "--rbm.pretrain_lr", "0.5", "--rbm.code_lr", "0.01",
+                 "--rbm.finetune_epochs", "10", "--rbm.finetune_lr", "0.02",
                  "--rbm.finetune_batch_size", "30"], 130),  # finetune, after 3 × 40 steps
 }
 # A learning rate no model survives, for the NaN stop (in a minibatch stage of each family);
@@ -58,12 +61,12 @@ TWO_RANKS = {"rbm": ["--rbm.persistent", "true", "--rbm.pretrain_epochs", "5"], 
              "deep_ae": ["--rbm.pretrain_epochs", "2"]}
 TWO_RANK_OPTIONS = ["--stop_check_every", "2"]
 # Average squared test error per example of the short runs (measured: sae 34.5, rbm 33.1,
-# deep_ae 53.3) against MNIST's mean test image (52.8) and all zeros (89.3): the deep_ae run
-# (8 code units, one epoch per RBM, two of fine-tuning) does not beat the mean image yet.
-# What the short runs' test accuracy stays above (measured: cnn 0.87; stacked_ae 0.31, 4 classes
-# predicted; dbn 0.20; always predicting the most common class gives 0.11). The stacked_ae and
-# dbn runs are too short for a wide margin on both sides: their floors mainly rule out chance.
-ACCURACY_FLOOR = {"cnn": 0.6, "stacked_ae": 0.2, "dbn": 0.15}
+# deep_ae 39.3) must stay below 0.8 × that of MNIST's mean test image (52.8 × 0.8 = 42.3) and
+# below all zeros' (89.3). What the short runs' test accuracy stays above (measured: cnn 0.87,
+# stacked_ae 0.51, dbn 0.66; always predicting the most common class gives 0.11). The rates of
+# the last stages (stacked_ae's and dbn's fine-tuning, deep_ae's) are raised for that; none of
+# them moves the steps where the other tests stop, resume or blow up.
+ACCURACY_FLOOR = {"cnn": 0.6, "stacked_ae": 0.3, "dbn": 0.4}
 
 
 def run_folder(results):
@@ -255,8 +258,7 @@ def test_eval_on_two_ranks_equals_one_process(tmp_path, trained, family):
         assert torch.load(ckpt, weights_only=True)["data"]["scale"]["kind"] == "unit"
         mean_image, all_zero = baseline_errors()
         assert one["squared_error"] < all_zero, (one["squared_error"], all_zero)
-        if family != "deep_ae":  # its short run is not yet better than the mean image
-            assert one["squared_error"] < 0.8 * mean_image, (one["squared_error"], mean_image)
+        assert one["squared_error"] < 0.8 * mean_image, (one["squared_error"], mean_image)
     if family == "rbm":
         assert np.isfinite(one["free_energy"])
 
