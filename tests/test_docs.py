@@ -164,7 +164,7 @@ def test_hvdl_command_runs_the_module_the_readme_names(monkeypatch):
     commands, modules = said.group(1).split("|"), said.group(2).split("|")
     assert sorted(commands) == sorted(cli.COMMANDS)
     for command, module in zip(commands, modules, strict=True):
-        target = cli.COMMANDS[command]
+        target = cli.COMMANDS[command][0]  # (module, what it does)
         main_file = ROOT / "hvdl" / module / "__main__.py"
         if main_file.exists():  # a package: its __main__ imports the command's main
             assert f"from {target} import main" in main_file.read_text(), module
