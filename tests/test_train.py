@@ -64,7 +64,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_rank_training_writes_a_complete_run_folder(tiny_run):
-    """Test that a short horovodrun -np 2 training writes config, metadata, metrics, events, ckpt."""
+    """Test that a short horovodrun -np 2 training writes config, metadata, metrics, events and
+    checkpoints."""
     run_dir, stdout = tiny_run
     assert run_dir.name.endswith("-lenet5")
     names = {p.name for p in run_dir.iterdir()}
