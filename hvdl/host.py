@@ -92,6 +92,16 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank if local_rank < count else 0)
 
 
+def pin_gpu(local_rank: int | None) -> None:
+    """Make this rank's GPU the current device before an engine starts: a CUDA-aware MPI (and
+    NCCL) binds each process to the device current at its start, and some put every rank on
+    GPU 0 otherwise. Nothing on a machine without CUDA or without a launcher's local rank."""
+    import torch
+
+    if local_rank is not None and torch.cuda.is_available():
+        torch.cuda.set_device(pick_device(local_rank))
+
+
 @contextlib.contextmanager
 def main_thread_signals() -> Iterator[None]:
     """Threads started in the body (Horovod's, MPI's) never receive SIGTERM or SIGUSR1.

@@ -44,7 +44,7 @@ from hvdl.dist.mpi_engine import MPIEngine
 from hvdl.dist.torch_engine import TorchEngine
 from hvdl.errors import BadInput
 from hvdl.host import (cpu_threads, keep_freed_memory, launcher_local_rank, launcher_size,
-                       main_thread_signals, pick_device, whole_lines)
+                       main_thread_signals, pick_device, pin_gpu, whole_lines)
 
 ENGINES: dict[str, type[Engine]] = {"horovod": HorovodEngine, "mpi": MPIEngine,
                                     "torch": TorchEngine, "single": SingleEngine}
@@ -165,14 +165,6 @@ def current(ctx: Context) -> Context:
 
 
 # --- collectives: every rank must call these in the same order ----------------------------------
-
-def pin_gpu(local_rank: int | None) -> None:
-    """Make this rank's GPU the current device before an engine starts: a CUDA-aware MPI (and
-    NCCL) binds each process to the device current at its start, and some put every rank on
-    GPU 0 otherwise. Nothing on a machine without CUDA or without a launcher's local rank."""
-    if local_rank is not None and torch.cuda.is_available():
-        torch.cuda.set_device(pick_device(local_rank))
-
 
 def allreduce_sum(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """Sum `tensor` over ranks (returns a new tensor)."""

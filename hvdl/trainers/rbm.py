@@ -215,14 +215,14 @@ def rbm_stage(stack: list[RBM], shards: Shards | None, name: str, config: Config
             group["momentum"] = momentum
 
     def get() -> dict[str, Any]:  # on the CPU: every rank unpickles every rank's state
-        return {"noise": generator.get_state(), "noise_device": ctx.device.type,
+        return {"noise": generator.get_state(),
                 "chain": None if chain["v"] is None else chain["v"].cpu()}
 
     def put(saved: dict[str, Any]) -> None:
         # A CPU generator's state (Mersenne Twister, 5,056 bytes) and a CUDA one's (Philox, 16)
         # cannot stand in for each other, so the noise resumes only on the kind that drew it.
         if len(saved["noise"]) != len(generator.get_state()):
-            was = saved.get("noise_device", "cuda" if len(saved["noise"]) == 16 else "cpu")
+            was = "cuda" if len(saved["noise"]) == 16 else "cpu"
             raise checkpoint.CheckpointError(
                 f"{name}'s sampling noise was drawn on {was.upper()} and this run samples on "
                 f"{ctx.device.type.upper()}; allowed: resume an RBM stage on the kind of device "
