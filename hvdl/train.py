@@ -27,14 +27,10 @@ from __future__ import annotations
 import sys
 
 from hvdl import config as configlib
-from hvdl import dist
 from hvdl.cli import options_help
-from hvdl.config import ConfigError
-from hvdl.engine import NonFiniteLoss
+from hvdl.config import Config, ConfigError
 from hvdl.errors import BadInput, fail
 from hvdl.host import launcher_rank
-from hvdl.preemption import Stopped
-from hvdl.run import run_training
 
 USAGE = """usage: hvdl train [--model RECIPE] [--KEY VALUE ...] [--print-config]
        (or python -m hvdl.train ...; under horovodrun, mpirun, torchrun or srun alike)
@@ -87,6 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         if is_root:
             print(configlib.to_toml(config), end="")
         return 0
+    return train(config, is_root)
+
+
+def train(config: Config, is_root: bool) -> int:
+    """Start the engine and run `config` to its end, or to the one-line error that stops it."""
+    # torch and the engines load only now, once the options are known good: a mistyped option,
+    # --help and --print-config are answered in a fraction of a second instead of two.
+    from hvdl import dist
+    from hvdl.engine import NonFiniteLoss
+    from hvdl.preemption import Stopped
+    from hvdl.run import run_training
+
     dist.set_horovod_knobs(config.perf, elastic=config.elastic)
     try:
         ctx = dist.init(threads=config.threads or None, backend=config.dist.backend,

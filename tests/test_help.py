@@ -144,3 +144,16 @@ def test_an_unknown_key_names_the_nearest_known_one(capsys, given, nearest):
     assert line.startswith(f"hvdl: error: unknown config key {key!r}")
     assert line.endswith("`hvdl train --help` lists every key")
     assert (f"did you mean {nearest!r}?" in line) if nearest else "did you mean" not in line
+
+
+@pytest.mark.parametrize("argv", [["--epoch", "1"], ["--help"], ["--print-config"]])
+def test_options_are_answered_before_torch_loads(argv):
+    """Test that a mistyped key, --help and --print-config are answered without importing torch
+    or an engine (two seconds of a user's wait, each time)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "hvdl.train", *argv],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == (2 if argv[0] == "--epoch" else 0), proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "hvdl.config" in imported  # the timing lines are there to read
+    assert not {"torch", "hvdl.dist", "hvdl.run"} & imported
