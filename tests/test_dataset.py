@@ -247,3 +247,17 @@ def test_a_given_record_reads_new_data_as_training_did(tmp_path):
     again = dataset.load(config(*opts2, "--data.scale", "standardize"), context(), labels=True,
                          given=first.info)
     assert again.info["scale"] == first.info["scale"] and again.classes == first.classes
+
+
+def test_a_small_training_subset_leaves_the_test_file_cut_by_its_own_size(tmp_path):
+    """Test that train_size 100 (one row a chunk) does not cut a 5,000-row test file into 5,000
+    one-row reads: the test file is cut by its own row count (at most 256 chunks)."""
+    from hvdl.data.chunks import MIN_CHUNKS
+
+    _, opts = npy_data(tmp_path, labels=False)
+    np.save(tmp_path / "t.npy", np.ones((5000, FEATURES), np.float32))
+    data = dataset.load(config(*opts, "--data.test_path", str(tmp_path / "t.npy"),
+                               "--train_size", "100", "--batch_size", "10"), context())
+    assert len(data.train.order.piece_rows) == 100  # the training subset: one row a chunk
+    assert sum(data.test.order.piece_rows) == 5000
+    assert len(data.test.order.piece_rows) <= MIN_CHUNKS

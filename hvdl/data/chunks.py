@@ -5,10 +5,10 @@ A dataset is a list of files, each a run of rows (examples), in sorted file orde
 1. **Chunks.** Every file is cut into blocks of `chunk_rows` rows (the last block of a file may be
    shorter), `chunk_rows` being `data.chunk_mb` of float32 features, or less where that would
    give fewer than 256 chunks (so a small table's held-out rows and shards are spread over all of
-   it). The block size depends on the feature and row counts alone, so the same data stored in
-   any format is cut the same way and gives the same shards, the same batches and the same
-   trained weights. Reading follows each format's own
-   units (memory-mapped row ranges for NPY and raw IDX, row groups for Parquet, h5py slices for
+   it); a separate test file is cut by its own row count. The block size depends on the
+   feature and row counts alone, so the same data stored in any format is cut the same way and
+   gives the same shards, the same batches and the same trained weights. Reading follows each
+   format's own units (memory-mapped row ranges for NPY and raw IDX, row groups for Parquet, h5py slices for
    HDF5, byte ranges aligned to line starts for CSV, one file per image).
 2. **One permutation** of all chunks, drawn from the run's seed, mixes the files and their parts.
 3. **Held out.** With `test_fraction` f the first round(f·n) rows of the permuted sequence are the

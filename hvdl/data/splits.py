@@ -146,7 +146,10 @@ def plan(config: Config, train: Source, test: Source | None, whole: bool = False
                             f"not one of {chunks.total(order)} rows held out; allowed: a larger "
                             "fraction")
         return Plan(rows_per_chunk, len(order), kept, held, train)
-    held = chunks.cut(test.file_rows, rows_per_chunk) if test is not None else []
+    # A test file is cut by its own size: a small training subset (train_size) must not cut a
+    # large test set into thousands of one-row reads.
+    held = [] if test is None else chunks.cut(
+        test.file_rows, chunks.chunk_rows(test.features, config.data.chunk_mb, test.rows))
     return Plan(rows_per_chunk, len(order), order, held, test)
 
 
