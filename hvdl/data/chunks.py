@@ -8,8 +8,8 @@ A dataset is a list of files, each a run of rows (examples), in sorted file orde
    it); a separate test file is cut by its own row count. The block size depends on the
    feature and row counts alone, so the same data stored in any format is cut the same way and
    gives the same shards, the same batches and the same trained weights. Reading follows each
-   format's own units (memory-mapped row ranges for NPY and raw IDX, row groups for Parquet, h5py slices for
-   HDF5, byte ranges aligned to line starts for CSV, one file per image).
+   format's own units (memory-mapped row ranges for NPY and raw IDX, row groups for Parquet,
+   h5py slices for HDF5, byte ranges aligned to line starts for CSV, one file per image).
 2. **One permutation** of all chunks, drawn from the run's seed, mixes the files and their parts.
 3. **Held out.** With `test_fraction` f the first round(f·n) rows of the permuted sequence are the
    test split (the chunk at the boundary is split between the two), the rest the training split.
