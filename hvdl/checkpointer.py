@@ -55,6 +55,7 @@ class Checkpointer:
     rank_state: RankState | None = None
     epoch: int = 0  # the epoch being trained
     extra: dict[str, Any] = field(default_factory=dict)  # more of the stage's state, as saved
+    saved_at: int = 0  # the step of the last checkpoint (or of the one resumed from)
 
     def save(self, batch: int, step: int) -> None:
         """Checkpoint after `batch` batches of epoch `self.epoch` (global step `step`)."""
@@ -74,13 +75,17 @@ class Checkpointer:
                        self.run.dataset), **self.extra}
         checkpoint.save(self.run.dir, payload, step=self.run.steps_before + step,
                         keep=self.config.keep_checkpoints)
+        self.saved_at = step
 
     def after_step(self, batch: int, step: int) -> None:
-        """Mid-epoch checkpoints every `checkpoint_every` steps; save and stop on a signal."""
+        """Mid-epoch checkpoints every `checkpoint_every` steps; save and stop on a signal.
+        Full-batch training (`steps` 0) calls it after each chunk of iterations: it saves once
+        `checkpoint_every` iterations have passed since the last checkpoint."""
         if self.steps and batch == self.steps:  # the epoch's end checkpoints; a stop waits
             return
         every = self.config.checkpoint_every
-        saved = bool(every) and step % every == 0
+        due = step % every == 0 if self.steps else step - self.saved_at >= every
+        saved = bool(every) and due
         if saved:
             self.save(batch, step)
         signal_name = self.stop.agreed(step)

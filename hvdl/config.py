@@ -122,7 +122,7 @@ class PerfConfig:
     # allreduce: gradients every step; average: parameters every sync_every steps
     sync: Literal["allreduce", "average"] = "allreduce"
     sync_every: Positive[int] = 1  # k, local steps between parameter averages (sync = "average")
-    # fused: one flat allreduce a step; hooks: hvd.DistributedOptimizer
+    # fused: one flat allreduce a step; hooks: hvd.DistributedOptimizer (elastic runs: always)
     grad_sync: Literal["fused", "hooks"] = "fused"
     fp16_compression: bool = False  # compress gradients to fp16 for the allreduce
     backward_passes_per_step: Positive[int] = 1  # local gradient accumulation before each allreduce

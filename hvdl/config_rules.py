@@ -6,6 +6,7 @@ violation raises `ConfigError` naming the key and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -134,10 +135,9 @@ def get(config: Config, key: str) -> Any:
 def validate(config: Config) -> None:
     """Raise ConfigError for the first value its field's rule refuses, then for the first
     broken rule between fields (these are below)."""
-    from hvdl.config import SECTIONS
-
-    for prefix, part in [("", config)] + [(f"{name}.", getattr(config, name))
-                                          for name in SECTIONS]:
+    sections = [(f"{f.name}.", getattr(config, f.name)) for f in dataclasses.fields(config)
+                if dataclasses.is_dataclass(getattr(config, f.name))]
+    for prefix, part in [("", config), *sections]:
         for name, found in rules(type(part)).items():
             for rule in found:
                 rule.check(prefix + name, getattr(part, name))
@@ -172,3 +172,23 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'elastic' is true with optimizer 'lbfgs', whose line "
                           "searches keep the ranks in lockstep outside Horovod's elastic state; "
                           "allowed: elastic training with optimizer sgd or adam")
+    if config.elastic:
+        check_elastic_perf(config.perf)
+
+
+# What elastic training synchronises with: Horovod's DistributedOptimizer, every step, on the
+# model as it is (the elastic state handlers know its hooks and nothing else).
+ELASTIC_PERF = {"sync": "allreduce", "sync_every": 1, "backward_passes_per_step": 1,
+                "compile": False}
+
+
+def check_elastic_perf(perf: Any) -> None:
+    """Refuse the perf keys an elastic run cannot honour, rather than ignore them."""
+    for key, allowed in ELASTIC_PERF.items():
+        found = getattr(perf, key)
+        if found != allowed:
+            shown = str(found).lower() if isinstance(found, bool) else repr(found)
+            raise ConfigError(
+                f"config key 'perf.{key}' is {shown} with elastic true; elastic runs average "
+                "gradients every step through Horovod's DistributedOptimizer; allowed: "
+                + ", ".join(f"perf.{k} {str(v).lower()}" for k, v in ELASTIC_PERF.items()))

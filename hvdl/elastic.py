@@ -31,6 +31,11 @@ ELASTIC_FAMILIES); `engine.fit` hands a stage here when `elastic` is true:
   are whole. Checkpoints, the non-finite guard and SIGTERM/SIGUSR1 work as in static training
   (hvdl/engine.py); when rank 0 leaves, the new rank 0 takes over the run folder, which must
   then be on a file system every host sees.
+- Gradients are averaged every step by Horovod's DistributedOptimizer, whose hooks the state
+  handlers know: `perf.sync average`, `perf.sync_every`, `perf.backward_passes_per_step` and
+  `perf.compile` are refused for elastic runs (hvdl/config_rules.py, ELASTIC_PERF), and
+  `perf.grad_sync` is always `hooks`. Each epoch goes through the static loop's `run_epoch`
+  (hvdl/engine.py); what is here is what is elastic: the world, the commits, the resets.
 - No collective may run before the loop, since a joining worker would call it alone; hvdl.dist
   skips its start-up inventory and node-local barriers under the elastic controller.
 - Horovod 0.28.1 segfaults re-initialising after a reset when HOROVOD_FUSION_THRESHOLD and
@@ -44,33 +49,18 @@ not elastic.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from hvdl import dist, engine, preemption, sync
-from hvdl.checkpointer import Checkpointer, restore
+from hvdl.checkpointer import Checkpointer
 from hvdl.config import Config
 from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
 from hvdl.runlog import RunLog
-from hvdl.schedule import Schedule, make_optimizer
-
-@dataclass(frozen=True)
-class Shifted:
-    """A schedule read at `step + offset`: global steps mapped to this world size's position."""
-
-    inner: Schedule
-    offset: int
-
-    @property
-    def size(self) -> int:
-        return self.inner.size
-
-    def __call__(self, step: int) -> float:
-        return self.inner(step + self.offset)
+from hvdl.schedule import Schedule
 
 
 @dataclass
@@ -97,34 +87,24 @@ class World:
         """The batch of this epoch that comes next, at this world size."""
         return self.tracked.seen // (self.train.batch_size * self.ctx.size)
 
-    def schedule(self) -> Shifted:
+    def schedule(self) -> Schedule:
         """The schedule of a run at this world size, read where the run has got to."""
-        steps, stage = self.train.steps, self.stage
-        inner = Schedule(stage.lr, self.ctx.size, stage.epochs * steps,
-                         int(self.config.warmup_epochs * steps),
-                         stage.schedule or self.config.schedule, self.config.lr_scaling)
+        steps = self.train.steps
         position = self.tracked.epoch * steps + self.start_batch()
-        return Shifted(inner, position - self.tracked.step)
+        return engine.make_schedule(self.stage, self.config, self.ctx.size, steps,
+                                    offset=position - self.tracked.step)
 
 
 def fit(stage: engine.Stage, shards: Shards, config: Config, ctx: Context, run: RunLog,
         state: dict[str, Any] | None = None) -> dict[str, Any]:
     """engine.fit under Horovod's elastic API: `shards` are dealt again after every reset."""
-    base = stage.optimizer() if stage.optimizer else make_optimizer(
-        stage.model.parameters(), config, stage.lr)
-    # Horovod's own optimizer: its hooks are what the elastic state handlers know how to sync.
-    optimizer = dist.distributed_optimizer(base, stage.model,
-                                           fp16_compression=config.perf.fp16_compression)
-    state = engine.stage_state(stage.name, state)
-    epoch, batch, step = restore(stage.model, optimizer, state, ctx, stage.rank_state)
-    if state is not None:  # the run's step where this stage began
-        run.steps_before = state.get("offset", 0)
+    optimizer, at = engine.setup(stage, config, ctx, run, state, elastic=True)
     ctx = dist.current(ctx)  # an earlier stage's workers may have come and gone
     shards.refresh(ctx)
     world = World(shards, config, ctx, stage)
     world.tracked = dist.elastic_state(
-        stage.model, optimizer, epoch=epoch, seen=batch * config.batch_size * ctx.size,
-        step=step, run_dir=str(run.dir or ""))
+        stage.model, optimizer, epoch=at.epoch, seen=at.batch * config.batch_size * ctx.size,
+        step=at.step, run_dir=str(run.dir or ""))
     with preemption.StopSignal(config.stop_check_every) as stop:
         world.tracked.register_reset_callbacks([world.refresh, stop.forget])
         saver = Checkpointer(stage.name, stage.model, optimizer, config, run, stop, steps=0,
@@ -136,37 +116,27 @@ def fit(stage: engine.Stage, shards: Shards, config: Config, ctx: Context, run: 
 
 def train_epochs(tracked: Any, world: World, saver: Checkpointer) -> dict[str, Any]:
     """The epochs from the committed position on; Horovod reruns this after every reset."""
-    stage, run = world.stage, saver.run
+    stage, run, config = world.stage, saver.run, saver.config
     run.hand_over(world.ctx.is_root, Path(tracked.run_dir))
     run.print(f"hvdl: elastic: {world.ctx.size} rank(s), {stage.name} epoch "
               f"{tracked.epoch + 1}, step {tracked.step}, {world.train.steps} steps an epoch, "
               f"lr x{world.schedule()(tracked.step) / stage.lr:g}")
     final: dict[str, Any] = {}
     while tracked.epoch < stage.epochs:
-        saver.epoch, saver.steps = tracked.epoch, world.train.steps
-        if stage.on_epoch is not None:
-            stage.on_epoch(tracked.epoch, saver.optimizer)
         # The new world's shards may have served this epoch's examples already: then it ends.
         start = min(world.start_batch(), world.train.steps)
-        first, started = tracked.step, time.perf_counter()
-        cost, step = engine.train_epoch(stage, saver.optimizer, world.train, world.schedule(),
-                                        epoch=tracked.epoch, step=tracked.step, run=run,
-                                        config=saver.config, start=start,
-                                        after_step=partial(after_step, tracked, world, saver))
-        seconds = time.perf_counter() - started
-        rate = (step - first) * world.train.batch_size * world.ctx.size / seconds
-        entry = {"epoch": tracked.epoch + 1, f"train_{stage.cost_name}": cost,
-                 "seconds": seconds, "samples_per_s": rate, "ranks": world.ctx.size,
-                 "step": step, "steps_an_epoch": world.train.steps,
-                 # a worker that joined holds rank 0's model, not its own start
-                 "parameters_identical": sync.agreement(stage.model, "elastic.agree")["identical"]}
-        batch = start + step - first
-        final = engine.end_epoch(stage, saver, entry, batch=batch, step=step)
-        whole = saver.epoch > tracked.epoch  # end_epoch moved on to the next epoch
-        tracked.epoch, tracked.step = saver.epoch, step
-        tracked.seen = 0 if whole else batch * world.train.batch_size * world.ctx.size
+        final, at = engine.run_epoch(
+            stage, saver, world.train, world.schedule(),
+            engine.Position(tracked.epoch, start, tracked.step), size=world.ctx.size,
+            after_step=partial(after_step, tracked, world, saver),
+            more=lambda: {"ranks": world.ctx.size, "steps_an_epoch": world.train.steps,
+                          # a worker that joined holds rank 0's model, not its own start
+                          "parameters_identical": sync.agreement(
+                              stage.model, "elastic.agree")["identical"]})
+        tracked.epoch, tracked.step = at.epoch, at.step
+        tracked.seen = at.batch * world.train.batch_size * world.ctx.size
         tracked.commit()
-        if saver.config.max_steps and step >= saver.config.max_steps:
+        if config.max_steps and at.step >= config.max_steps:
             break
     return final
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from hvdl import dist, lbfgs, metrics, preemption, sync
+from hvdl import checkpoint, dist, lbfgs, metrics, preemption, sync
 from hvdl.checkpointer import Checkpointer, NonFiniteLoss, RankState, restore, resume_point
 from hvdl.config import Config
 from hvdl.data.shard import Shard, Shards
@@ -37,7 +37,7 @@ from hvdl.host import seconds_since_start
 from hvdl.runlog import RunLog
 from hvdl.schedule import Schedule, make_optimizer, set_lr
 
-__all__ = ["NonFiniteLoss", "Stage", "completed", "fit", "fit_full_batch", "train_epoch"]
+__all__ = ["NonFiniteLoss", "Stage", "fit", "fit_full_batch", "once", "train_epoch"]
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 Update = Callable[[torch.optim.Optimizer, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -149,6 +149,21 @@ def completed(name: str, state: dict[str, Any] | None) -> dict[str, Any] | None:
     return ((state or {}).get("stages") or {}).get(name)
 
 
+def once(name: str, model: torch.nn.Module, state: dict[str, Any] | None, run: RunLog,
+         config: Config, train: Callable[[], Any], kept: Callable[[], Any]) -> Any:
+    """One stage of a sequence, trained once: if `state` was written after stage `name` had
+    finished, its weights come from `state` and its report from `kept()`, else `train()` trains
+    it and reports. Either way the finished stage's weights go to stages/<name>.pt."""
+    saved = completed(name, state)
+    if saved is not None:
+        model.load_state_dict(saved)
+        report = kept()
+    else:
+        report = train()
+    checkpoint.save_stage(run, name, model, config)
+    return report
+
+
 def fit(stage: Stage, shards: Shards | Shard, config: Config, ctx: Context, run: RunLog,
         state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `stage` for its epochs data-parallel; evaluate and checkpoint after each epoch.
@@ -159,11 +174,12 @@ def fit(stage: Stage, shards: Shards | Shard, config: Config, ctx: Context, run:
     come and go. Returns the last epoch's record.
     """
     shards = shards if isinstance(shards, Shards) else Shards(shards)
+    state = stage_state(stage.name, state)
     if config.elastic:
         from hvdl import elastic  # Horovod's elastic API, only for elastic runs
 
         return elastic.fit(stage, shards, config, ctx, run, state=state)
-    shard, state = shards.train, stage_state(stage.name, state)
+    shard = shards.train
     epoch, batch = resume_point(state)
     if epoch < stage.epochs:
         shard.prefetch(epoch, batch)  # a streamed shard reads while the rest is set up
@@ -173,61 +189,90 @@ def fit(stage: Stage, shards: Shards | Shard, config: Config, ctx: Context, run:
         shard.close()  # its reader stops reading ahead: the next stage reads its own shard
 
 
-def run_stage(stage: Stage, shard: Shard, state: dict[str, Any] | None, config: Config,
-              ctx: Context, run: RunLog) -> dict[str, Any]:
-    """`fit` on one shard: set up the optimizer and schedule, restore `state`, run the epochs."""
+@dataclass(frozen=True)
+class Position:
+    """Where a stage has got to: `batch` batches into epoch `epoch`, global step `step`."""
+
+    epoch: int
+    batch: int
+    step: int
+
+
+def setup(stage: Stage, config: Config, ctx: Context, run: RunLog,
+          state: dict[str, Any] | None, *,
+          elastic: bool = False) -> tuple[torch.optim.Optimizer, Position]:
+    """The stage's optimizer, synchronised across ranks, and its model, optimizer and rank states
+    restored from `state`; the position to go on from. `elastic`: Horovod's own optimizer, whose
+    hooks are what its elastic state knows how to synchronise (config_rules refuses the perf
+    keys that would ask for another)."""
     base = stage.optimizer() if stage.optimizer else make_optimizer(
         stage.model.parameters(), config, stage.lr)
-    optimizer = sync.wrap(base, stage.model, config)  # gradient or parameter averaging
-    if config.perf.compile:
-        stage.model.compile()  # in place: state_dict keys and evaluation are unchanged
-    start_epoch, start_batch, step = restore(stage.model, optimizer, state, ctx,
-                                             stage.rank_state)
+    if elastic:
+        optimizer = dist.distributed_optimizer(base, stage.model,
+                                               fp16_compression=config.perf.fp16_compression)
+    else:
+        optimizer = sync.wrap(base, stage.model, config)  # gradient or parameter averaging
+        if config.perf.compile:
+            stage.model.compile()  # in place: state_dict keys and evaluation are unchanged
+    epoch, batch, step = restore(stage.model, optimizer, state, ctx, stage.rank_state)
     if state is not None:  # the run's step where this stage began
         run.steps_before = state.get("offset", 0)
+    return optimizer, Position(epoch, batch, step)
+
+
+def make_schedule(stage: Stage, config: Config, size: int, steps: int,
+                  offset: int = 0) -> Schedule:
+    """The stage's rate at each step on `size` ranks taking `steps` batches an epoch."""
+    return Schedule(stage.lr, size, stage.epochs * steps, int(config.warmup_epochs * steps),
+                    stage.schedule or config.schedule, config.lr_scaling, offset)
+
+
+def run_stage(stage: Stage, shard: Shard, state: dict[str, Any] | None, config: Config,
+              ctx: Context, run: RunLog) -> dict[str, Any]:
+    """`fit` on one shard: set up, broadcast rank 0's start, run the epochs."""
+    optimizer, at = setup(stage, config, ctx, run, state)
     dist.broadcast_state(stage.model, optimizer)
-    schedule = Schedule(stage.lr, ctx.size, stage.epochs * shard.steps,
-                        int(config.warmup_epochs * shard.steps), stage.schedule or config.schedule,
-                        config.lr_scaling)
-    history: list[dict[str, Any]] = list(run.metrics.get(stage.name, []))[:start_epoch]
-    final, step = epochs(stage, shard, schedule, optimizer, history, config, ctx, run,
-                         start_epoch=start_epoch, start_batch=start_batch, step=step)
-    run.steps_before += step  # the next stage's checkpoints number on from here
+    schedule = make_schedule(stage, config, ctx.size, shard.steps)
+    earlier = run.metrics.get(stage.name, [])[:at.epoch]  # the epochs it had done, if resumed
+    final: dict[str, Any] = earlier[-1] if earlier else {}
+    if not (config.max_steps and at.step >= config.max_steps):  # else resumed where it stopped
+        with preemption.StopSignal(config.stop_check_every) as stop:
+            saver = Checkpointer(stage.name, stage.model, optimizer, config, run, stop,
+                                 steps=shard.steps, rank_state=stage.rank_state)
+            while at.epoch < stage.epochs:
+                final, at = run_epoch(stage, saver, shard, schedule, at, size=ctx.size)
+                if config.max_steps and at.step >= config.max_steps:
+                    break
+    run.steps_before += at.step  # the next stage's checkpoints number on from here
     return final
 
 
-def epochs(stage: Stage, shard: Shard, schedule: Schedule, optimizer: torch.optim.Optimizer,
-           history: list[dict[str, Any]], config: Config, ctx: Context, run: RunLog, *,
-           start_epoch: int, start_batch: int, step: int) -> tuple[dict[str, Any], int]:
-    """`fit`'s epochs from where it starts; (the last epoch's record, the stage's steps)."""
-    if config.max_steps and step >= config.max_steps:  # resumed where max_steps stopped it
-        return (history[-1] if history else {}), step
-    with preemption.StopSignal(config.stop_check_every) as stop:
-        saver = Checkpointer(stage.name, stage.model, optimizer, config, run, stop,
-                             steps=shard.steps, rank_state=stage.rank_state)
-        for epoch in range(start_epoch, stage.epochs):
-            saver.epoch = epoch
-            if stage.on_epoch is not None:
-                stage.on_epoch(epoch, optimizer)
-            start = start_batch if epoch == start_epoch else 0
-            started, first = time.perf_counter(), step
-            saver.extra = {"stages": stage.carry()} if stage.carry else {}
-            cost, step = train_epoch(stage, optimizer, shard, schedule, epoch=epoch, step=step,
-                                     run=run, config=config, start=start,
-                                     after_step=saver.after_step)
-            seconds = time.perf_counter() - started
-            entry = {"epoch": epoch + 1, f"train_{stage.cost_name}": cost, "seconds": seconds,
-                     "samples_per_s": (step - first) * shard.batch_size * ctx.size / seconds,
-                     "step": step}
-            history.append(end_epoch(stage, saver, entry, batch=start + step - first, step=step))
-            if config.max_steps and step >= config.max_steps:
-                break
-    return (history[-1] if history else {}), step
+def run_epoch(stage: Stage, saver: Checkpointer, shard: Shard, schedule: Schedule,
+              at: Position, *, size: int, after_step: StepHook | None = None,
+              more: Callable[[], dict[str, Any]] | None = None) -> tuple[dict[str, Any], Position]:
+    """One epoch from `at`: train, then evaluate, report and checkpoint (`end_epoch`); (the
+    epoch's record, with `more()`'s figures, and the position after it). Static and elastic
+    training both take their epochs through here."""
+    saver.epoch, saver.steps = at.epoch, shard.steps
+    if stage.on_epoch is not None:
+        stage.on_epoch(at.epoch, saver.optimizer)
+    saver.extra = {"stages": stage.carry()} if stage.carry else {}
+    started = time.perf_counter()
+    cost, step = train_epoch(stage, saver.optimizer, shard, schedule, epoch=at.epoch,
+                             step=at.step, run=saver.run, config=saver.config, start=at.batch,
+                             after_step=after_step or saver.after_step)
+    seconds = time.perf_counter() - started
+    entry = {"epoch": at.epoch + 1, f"train_{stage.cost_name}": cost, "seconds": seconds,
+             "samples_per_s": (step - at.step) * shard.batch_size * size / seconds,
+             "step": step, **(more() if more else {})}
+    return entry, end_epoch(stage, saver, entry, Position(at.epoch, at.batch + step - at.step,
+                                                          step))
 
 
-def end_epoch(stage: Stage, saver: Checkpointer, entry: dict[str, Any], *, batch: int,
-              step: int) -> dict[str, Any]:
-    """Evaluate, report and checkpoint after an epoch (or after `max_steps` within one)."""
+def end_epoch(stage: Stage, saver: Checkpointer, entry: dict[str, Any],
+              at: Position) -> Position:
+    """Evaluate, report and checkpoint after an epoch (or after `max_steps` within one); the
+    position to go on from: the next epoch's start after a whole epoch."""
     run = saver.run
     sync.settle(saver.optimizer)  # one model on every rank before evaluating and checkpointing
     if stage.evaluate is not None:
@@ -237,13 +282,14 @@ def end_epoch(stage: Stage, saver: Checkpointer, entry: dict[str, Any], *, batch
         else:
             entry.update(found)
         prefix = f"{stage.name}/{stage.evaluate_as + '_' if stage.evaluate_as else ''}"
-        run.scalars(metrics.summary(found or {}), step, prefix=prefix)
+        run.scalars(metrics.summary(found or {}), at.step, prefix=prefix)
     run.print(epoch_line(stage.name, stage.cost_name, entry))
-    run.record(**{stage.name: [*run.metrics.get(stage.name, [])[:saver.epoch], entry]})
-    if batch == saver.steps:  # a whole epoch: the checkpoint points at the start of the next
-        saver.epoch, batch = saver.epoch + 1, 0
-    saver.save(batch, step)
-    return entry
+    run.record(**{stage.name: [*run.metrics.get(stage.name, [])[:at.epoch], entry]})
+    if at.batch == saver.steps:  # a whole epoch: the checkpoint points at the next one's start
+        at = Position(at.epoch + 1, 0, at.step)
+    saver.epoch = at.epoch
+    saver.save(at.batch, at.step)
+    return at
 
 
 # (key, words, format) of the figures an epoch's line shows when its record has them.
@@ -284,27 +330,17 @@ def fit_full_batch(name: str, model: torch.nn.Module, objective: lbfgs.Objective
     if state is not None and (done >= iterations or state.get("converged")):
         run.steps_before += done
         return dict(state.get("report", {}))
-    last_saved = done
     with preemption.StopSignal(every=1) as stop:  # agree at every chunk's end
-        saver = Checkpointer(name, model, optimizer, config, run, stop, steps=0)
+        saver = Checkpointer(name, model, optimizer, config, run, stop, steps=0, saved_at=done)
 
         def after_chunk(now: int, cost: float) -> None:
-            nonlocal last_saved
             if not math.isfinite(cost):  # the global cost: every rank sees the same
                 raise NonFiniteLoss(f"{name} cost became {cost} at iteration {now}; lower "
                                     "the weight decay or check the data")
             if on_chunk is not None:
                 on_chunk(now, cost)
             saver.extra = {"stages": carry()} if carry else {}
-            every = config.checkpoint_every
-            if every and now - last_saved >= every:
-                saver.save(0, now)
-                last_saved = now
-            signal_name = stop.agreed(now)
-            if signal_name:
-                if last_saved != now:
-                    saver.save(0, now)
-                saver.stopped(signal_name, 0, now)
+            saver.after_step(0, now)  # a checkpoint when due; save and stop on a signal
 
         report = lbfgs.minimize(params, objective, iterations=iterations, optimizer=optimizer,
                                 start=done, on_chunk=after_chunk)

@@ -55,8 +55,10 @@ class Schedule:
     warmup: int  # warm-up steps
     kind: str = "constant"
     scaling: str = "linear"
+    offset: int = 0  # read at step + offset (elastic: the run's step mapped to this world size's)
 
     def __call__(self, step: int) -> float:
+        step += self.offset
         peak = scaled_lr(self.base, self.size, step, self.warmup, self.scaling)
         if self.kind == "constant" or step < self.warmup:
             return peak

@@ -179,6 +179,9 @@ BAD_INPUT = {
         "allowed: elastic training for cnn, sae, rbm, dbn, deep_ae only"),
     "elastic-with-lbfgs": (lambda t: ["--model", "sae_mnist", "--elastic"],
                            "is true with optimizer 'lbfgs'"),
+    "elastic-with-parameter-averaging": (
+        lambda t: ["--elastic", "--perf.sync", "average", "--perf.sync_every", "4"],
+        "allowed: perf.sync allreduce, perf.sync_every 1, perf.backward_passes_per_step 1"),
     "finetune-batch-larger-than-shard": (
         lambda t: ["--model", "dbn_small", "--train_size", "1000", "--rbm.finetune_batch_size",
                    "5000"], "'rbm.finetune_batch_size' is 5000, larger than a shard of 1000"),

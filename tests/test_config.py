@@ -35,6 +35,12 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     (["--layers", "784,x"], "comma-separated list of integers"),
     (["stray"], "unexpected argument 'stray'"),
     (["--lr"], "--lr needs a value"),
+    # what elastic training cannot honour is refused, not ignored
+    (["--elastic", "--perf.sync", "average"], "'perf.sync' is 'average' with elastic true"),
+    (["--elastic", "--perf.sync_every", "4"], "'perf.sync_every' is 4 with elastic true"),
+    (["--elastic", "--perf.backward_passes_per_step", "2"],
+     "'perf.backward_passes_per_step' is 2 with elastic true"),
+    (["--elastic", "--perf.compile"], "'perf.compile' is true with elastic true"),
 ])
 def test_bad_values_name_the_key(argv, words):
     """Test that unknown keys, wrong types and out-of-range values raise a one-line error."""

@@ -208,10 +208,9 @@ def train_classifier(net: nn.Module, shard: DeviceShard, config: Config, ctx: Co
             "parameters": sync.agreement(net, f"{name}.agree")}
 
 
-def finished(run: RunLog, name: str, model: nn.Module, config: Config, report: dict,
+def finished(run: RunLog, name: str, model: nn.Module, report: dict,
              done: dict[str, Any]) -> None:
-    """Keep a finished stage: its weights file, its report, its weights for checkpoints."""
-    checkpoint.save_stage(run, name, model, config)
+    """Keep a finished stage's report, and its weights for the checkpoints after it."""
     run.record(stages={**run.metrics.get("stages", {}), name: report})
     done[name] = model.state_dict()
 
@@ -226,15 +225,13 @@ def pretrain(shards: Shards, config: Config, ctx: Context, run: RunLog,
         name = f"layer{i + 1}"
         model = ae.SparseAutoencoder(n_visible=shards.train.shape[0], n_hidden=n_hidden,
                                      seed=config.seed + i, dtype=dtype(config)).to(ctx.device)
-        saved = engine.completed(name, state)
-        if saved is not None:
-            model.load_state_dict(saved)
-            report = run.metrics.get("stages", {}).get(name, {})
-        else:
-            report = train_sparse(model, shards, config, ctx, run, name,
-                                  shape if i == 0 else None, state,
-                                  carry=lambda before=dict(done): before)
-        finished(run, name, model, config, report, done)
+        before = dict(done)
+        report = engine.once(
+            name, model, state, run, config,
+            lambda: train_sparse(model, shards, config, ctx, run, name, shape if i == 0 else None,
+                                 state, carry=lambda: before),
+            kept=lambda: run.metrics.get("stages", {}).get(name, {}))
+        finished(run, name, model, report, done)
         shards = shards.mapped(model.encode)  # (n, n_hidden): the next layer's input
         encoders.append(model.encoder)
     return encoders, shards
@@ -260,16 +257,15 @@ def train_stacked(config: Config, ctx: Context, run: RunLog,
     encoders, features = pretrain(shards, config, ctx, run, shape, state, done)
     softmax = ae.softmax_layer(features.train.shape[0], config.layers[-1], seed=config.seed,
                                dtype=dtype(config)).to(ctx.device)
-    saved = engine.completed("softmax", state)
-    if saved is not None:
-        softmax.load_state_dict(saved)
-        report = run.metrics.get("stages", {}).get("softmax", {})
-    else:
-        report = train_classifier(
+    before = dict(done)
+    report = engine.once(
+        "softmax", softmax, state, run, config,
+        lambda: train_classifier(
             softmax, features.train, config, ctx, run, name="softmax", optimizer=config.optimizer,
             iterations=config.sae.lbfgs_iterations if config.optimizer == "lbfgs"
-            else config.epochs, state=state, carry=lambda before=dict(done): before)
-    finished(run, "softmax", softmax, config, report, done)
+            else config.epochs, state=state, carry=lambda: before),
+        kept=lambda: run.metrics.get("stages", {}).get("softmax", {}))
+    finished(run, "softmax", softmax, report, done)
     net = ae.stack(encoders, softmax)
 
     def evaluate(tag: str) -> dict[str, Any]:
@@ -286,7 +282,8 @@ def train_stacked(config: Config, ctx: Context, run: RunLog,
             optimizer=config.sae.finetune_optimizer, iterations=config.sae.finetune_iterations,
             evaluate=(lambda: evaluate("test.epoch")) if test is not None else None,
             state=state, carry=lambda: dict(done))
-        finished(run, "finetune", net, config, finetune, {})
+        checkpoint.save_stage(run, "finetune", net, config)
+        finished(run, "finetune", net, finetune, {})
     after = evaluate("test.after")
     draw_filters(run, "finetune/filters", net[0].weight, shape, 0)
     if after:

@@ -47,10 +47,7 @@ def finetune_classifier(rbms: list[RBM], shards: Shards, config: Config, ctx: Co
                                                 name=f"{name}.eval"))
 
     if config.rbm.top_epochs:
-        saved = engine.completed("finetune_top", state)
-        if saved is not None:
-            model.load_state_dict(saved)
-        else:
+        def train_top() -> None:
             lower = [p for layer in model[:-1] for p in layer.parameters()]
             for p in lower:
                 p.requires_grad_(False)
@@ -58,7 +55,8 @@ def finetune_classifier(rbms: list[RBM], shards: Shards, config: Config, ctx: Co
                        state=state)
             for p in lower:
                 p.requires_grad_(True)
-        checkpoint.save_stage(run, "finetune_top", model, config)
+
+        engine.once("finetune_top", model, state, run, config, train_top, kept=lambda: None)
         done["finetune_top"] = model.state_dict()
     final = engine.fit(stage("finetune", config.rbm.finetune_epochs), shards, config, ctx, run,
                        state=state)

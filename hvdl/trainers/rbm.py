@@ -162,20 +162,20 @@ def pretrain(rbms: list[RBM], shards: Shards, config: Config, ctx: Context, run:
     finals = []
     for i, rbm in enumerate(rbms, start=1):
         name = f"pretrain{i}"
-        saved = engine.completed(name, state)
-        if saved is not None:  # trained before the checkpoint was written
-            rbm.load_state_dict(saved)
-            finals.append(run.metrics.get(name, [{}])[-1])
-        else:
+
+        def train() -> dict[str, Any]:  # called at once, by engine.once
             run.print(f"{name}: RBM {rbm.n_vis}-{rbm.n_hid} ({rbm.visible} visible, "
                       f"{rbm.hidden} hidden), CD-{config.rbm.cd_k}"
                       f"{' persistent' if config.rbm.persistent else ''}")
             before = {f"pretrain{j}": r.state_dict() for j, r in enumerate(rbms[:i - 1], 1)}
             stage = rbm_stage(rbms[:i], shards, name, config, ctx, run, picture,
-                              carry=lambda before=before: before)
-            finals.append(engine.fit(stage, shards, config, ctx, run, state=state))
-            draw(run, name, rbms[:i], picture, finals[-1].get("epoch", 0))
-        checkpoint.save_stage(run, name, rbm, config)
+                              carry=lambda: before)
+            final = engine.fit(stage, shards, config, ctx, run, state=state)
+            draw(run, name, rbms[:i], picture, final.get("epoch", 0))
+            return final
+
+        finals.append(engine.once(name, rbm, state, run, config, train,
+                                  kept=lambda: run.metrics.get(name, [{}])[-1]))
         if i < len(rbms):  # the next RBM's data: this one's hidden probabilities E[h | v]
             shards = shards.mapped(rbm.hidden_mean)
     return finals
