@@ -24,13 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hvdl import checkpoint, dist
+from hvdl import checkpoint, dist, inference
 from hvdl import config as configlib
 from hvdl.config import Config
-from hvdl.data import dataset
-from hvdl.errors import BadInput
-from hvdl.families import Trained, load_trained, with_overrides
-from hvdl.inference import check_out, encode_part, figures, pick_layer, write_manifest
+from hvdl.families import Trained, load_trained
 from hvdl.run import run_training
 
 
@@ -59,20 +56,13 @@ def build_config(model: str, options: dict[str, Any]) -> Config:
     return configlib.build(values)
 
 
-def start(config: Config) -> dist.Context:
-    """The collective engine started once per process, its settings from the first config."""
-    dist.set_horovod_knobs(config.perf, elastic=config.elastic)
-    return dist.init(threads=config.threads or None, backend=config.dist.backend,
-                     needs=dist.requirements(config))
-
-
 def fit(model: str = "lenet5", *, data: str | Path | dict[str, Any] | None = None,
         **options: Any) -> Result:
     """Train recipe `model` (a name in models/ or a .toml path) with `options`."""
     if data is not None:
         options["data"] = {"path": str(data)} if isinstance(data, (str, Path)) else data
     config = build_config(model, options)
-    ctx = start(config)
+    ctx = dist.start(config)
     final, run_dir = run_training(config, ctx)
     latest = checkpoint.latest(run_dir) if run_dir else None
     return Result(final, run_dir, latest, load_trained(latest, ctx.device) if latest else None)
@@ -85,40 +75,15 @@ def load(path: str | Path) -> Trained:
 
 def evaluate(path: str | Path, **options: Any) -> dict[str, Any]:
     """The checkpoint's figures on its test split (or `data={"test_path": ...}`)."""
-    trained = load_trained(Path(path))
-    config = with_overrides(trained, overrides(options))
-    ctx = start(config)
-    family = trained.family
-    data = dataset.load(config, ctx, labels=family.classifier is not None, images=family.images,
-                        given=trained.data, splits=("test",))
-    if data.test is None:
-        raise BadInput("the checkpoint's data has no test split; allowed: data={'test_path': "
-                       "...} or data={'test_fraction': ...}")
-    trained.model.to(ctx.device)
-    return figures(trained, data.test, data.classes)
+    return inference.evaluation(load_trained(Path(path)), overrides(options))
 
 
 def encode(path: str | Path, out: str | Path, *, layer: int | None = None,
            format: str = "parquet", **options: Any) -> Path:
     """Encode every row of the checkpoint's data (or `data={"path": ...}`) into parts in `out`;
     returns the manifest's path."""
-    trained, out = load_trained(Path(path)), Path(out)
-    layer = pick_layer(trained, layer)
-    config = with_overrides(trained, overrides(options))
-    check_out(out)
-    ctx = start(config)
-    data = dataset.load(config, ctx, images=trained.family.images, given=trained.data,
-                        splits=("all",))
-    if ctx.is_root:
-        out.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    trained.model.to(ctx.device)
-    parts = dist.allgather_object(encode_part(trained, layer, data, out, ctx.rank, format),
-                                  name="encode.parts")
-    if ctx.is_root:
-        write_manifest(out, trained, layer, format, parts, data)
-    dist.barrier()
-    return out / "manifest.json"
+    inference.encoding(load_trained(Path(path)), Path(out), layer, format, overrides(options))
+    return Path(out) / "manifest.json"
 
 
 def overrides(options: dict[str, Any]) -> list[str]:

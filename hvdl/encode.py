@@ -25,11 +25,10 @@ from pathlib import Path
 
 from hvdl import dist
 from hvdl.cli import overrides_epilog
-from hvdl.data import dataset
 from hvdl.errors import ArgumentParser, BadInput, fail
-from hvdl.families import load_trained, with_overrides
+from hvdl.families import load_trained
 from hvdl.host import launcher_rank
-from hvdl.inference import check_out, encode_part, pick_layer, write_manifest
+from hvdl.inference import encoding
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -48,35 +47,17 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse(sys.argv[1:] if argv is None else argv)
+    is_root = launcher_rank() == 0
     try:
-        trained = load_trained(args.checkpoint)
-        layer = pick_layer(trained, args.layer)
-        config = with_overrides(trained, rest, args.data_dir)
-        check_out(args.out)
+        done = encoding(load_trained(args.checkpoint), args.out, args.layer, args.format, rest,
+                        args.data_dir)
     except BadInput as err:
-        raise fail(str(err), launcher_rank() == 0) from None
-    try:  # the engine the checkpoint's run asked for, unless --dist.backend says otherwise
-        ctx = dist.init(threads=config.threads or None, backend=config.dist.backend)
-    except BadInput as err:
-        raise fail(str(err), launcher_rank() == 0) from None
-    try:
-        data = dataset.load(config, ctx, images=trained.family.images, given=trained.data,
-                            splits=("all",))
-    except BadInput as err:
-        raise fail(str(err), ctx.is_root) from None
-    if ctx.is_root:
-        args.out.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    trained.model.to(ctx.device)
-    mine = encode_part(trained, layer, data, args.out, ctx.rank, args.format)
-    parts = dist.allgather_object(mine, name="encode.parts")
-    if ctx.is_root:
-        write_manifest(args.out, trained, layer, args.format, parts, data)
-        rows = sum(p["rows"] for p in parts)
-        print(f"hvdl encode: {rows:,} rows of {config.data.path or data.info['format']} through "
-              f"layer {layer} of {trained.path} into {len(parts)} part(s) in {args.out}; train "
-              f"on them with --data.path '{args.out}/part-*.{args.format}'"
-              + (" --data.label label" if data.classes and args.format == "parquet" else ""))
+        raise fail(str(err), is_root) from None
+    if is_root:
+        print(f"hvdl encode: {done['rows']:,} rows of {done['source']} through layer "
+              f"{done['layer']} of {args.checkpoint} into {done['parts']} part(s) in {args.out}; "
+              f"train on them with --data.path '{args.out}/part-*.{args.format}'"
+              + (" --data.label label" if done["labels"] and args.format == "parquet" else ""))
     dist.shutdown()
     return 0
 

@@ -19,13 +19,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
 from hvdl import dist
 from hvdl.cli import overrides_epilog
-from hvdl.data import dataset
 from hvdl.errors import ArgumentParser, BadInput, fail
-from hvdl.families import load_trained, with_overrides
+from hvdl.families import load_trained
 from hvdl.host import launcher_rank
-from hvdl.inference import figures, format_report
+from hvdl.inference import evaluation, format_report
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -38,31 +38,14 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse(sys.argv[1:] if argv is None else argv)
+    is_root = launcher_rank() == 0
     try:
-        trained = load_trained(args.checkpoint)
-        config = with_overrides(trained, rest, args.data_dir)
+        found = evaluation(load_trained(args.checkpoint), rest, args.data_dir)
     except BadInput as err:
-        raise fail(str(err), launcher_rank() == 0) from None
-    try:  # the engine the checkpoint's run asked for, unless --dist.backend says otherwise
-        ctx = dist.init(threads=config.threads or None, backend=config.dist.backend)
-    except BadInput as err:
-        raise fail(str(err), launcher_rank() == 0) from None
-    family = trained.family
-    try:
-        data = dataset.load(config, ctx, labels=family.classifier is not None,
-                            images=family.images, given=trained.data, splits=("test",))
-        if data.test is None:
-            raise BadInput(f"the checkpoint's data ({config.data.path or config.data.format}) has "
-                           "no test split; allowed: --data.test_path FILE (and --data.label) or "
-                           "--data.test_fraction F")
-    except BadInput as err:
-        raise fail(str(err), ctx.is_root) from None
-    trained.model.to(ctx.device)
-    found = figures(trained, data.test, data.classes)
-    if ctx.is_root:
+        raise fail(str(err), is_root) from None
+    if is_root:
         print(format_report(found))
         if args.out:
             args.out.write_text(json.dumps(found, indent=2) + "\n")

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from hvdl import dist, metrics
+from hvdl.data import dataset
 from hvdl.data.shard import Shard
 from hvdl.data.writers import Layout, open_writer
 from hvdl.errors import BadInput
-from hvdl.families import Trained, in_model_type
+from hvdl.families import Trained, in_model_type, with_overrides
 from hvdl.models.pca import squared_error
 from hvdl.runlog import write_atomic
 
@@ -128,3 +129,45 @@ def write_manifest(out: Path, trained: Trained, layer: int, fmt: str, parts: lis
                 "format": fmt, "rows": first, "parts": parts,
                 "label": "label" if data.classes else None, "data": data.info}
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+# --- the whole of `hvdl eval` and `hvdl encode` (the commands and the Python API alike) -------
+
+def evaluation(trained: Trained, argv: list[str], data_dir: str = "") -> dict[str, Any]:
+    """The checkpoint's figures on its test split, or on the data the `--KEY VALUE` overrides
+    `argv` name (a collective: the same on every rank)."""
+    config = with_overrides(trained, argv, data_dir)
+    ctx = dist.start(config, training=False)
+    family = trained.family
+    data = dataset.load(config, ctx, labels=family.classifier is not None, images=family.images,
+                        given=trained.data, splits=("test",))
+    if data.test is None:
+        raise BadInput(f"the checkpoint's data ({config.data.path or config.data.format}) has "
+                       "no test split; allowed: data.test_path (--data.test_path FILE, with "
+                       "--data.label) or data.test_fraction")
+    trained.model.to(ctx.device)
+    return figures(trained, data.test, data.classes)
+
+
+def encoding(trained: Trained, out: Path, layer: int | None, fmt: str, argv: list[str],
+             data_dir: str = "") -> dict[str, Any]:
+    """Every row of the checkpoint's data (or the data `argv` names) through hidden layer
+    `layer` into parts in the new or empty folder `out`, with its manifest.json (a collective);
+    what was written: rows, parts, layer, the data's name and whether it has labels."""
+    layer = pick_layer(trained, layer)
+    config = with_overrides(trained, argv, data_dir)
+    check_out(out)
+    ctx = dist.start(config, training=False)
+    data = dataset.load(config, ctx, images=trained.family.images, given=trained.data,
+                        splits=("all",))
+    if ctx.is_root:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    trained.model.to(ctx.device)
+    parts = dist.allgather_object(encode_part(trained, layer, data, out, ctx.rank, fmt),
+                                  name="encode.parts")
+    if ctx.is_root:
+        write_manifest(out, trained, layer, fmt, parts, data)
+    dist.barrier()
+    return {"rows": sum(p["rows"] for p in parts), "parts": len(parts), "layer": layer,
+            "source": config.data.path or data.info["format"], "labels": bool(data.classes)}

@@ -47,7 +47,7 @@ def open_run(config: Config, ctx: dist.Context, run_dir: Path | None) -> RunLog:
         run = RunLog(config, is_root=ctx.is_root, run_dir=run_dir)
     except ConfigError as err:
         problem = str(err)
-    if ctx.size > 1 and ctx.controller != "elastic":  # elastic: no collective before its loop
+    if ctx.collective:
         problem = dist.broadcast_object(problem, name="run.open")
     if problem:
         raise ConfigError(problem)
@@ -66,7 +66,7 @@ def check_launcher(config: Config, ctx: dist.Context) -> None:
 
 def peak_memory(ctx: dist.Context) -> list[float]:
     """Every rank's peak resident memory in MiB, in rank order (a collective)."""
-    if ctx.size == 1 or ctx.controller == "elastic":  # elastic: no collective outside its loop
+    if not ctx.collective:
         return [peak_rss_mb()]
     return dist.allgather_object(peak_rss_mb(), name="memory.peak")
 
@@ -107,7 +107,7 @@ def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Pat
             dist.stop_timeline()
         run.record(final=final, peak_rss_mb=peak_memory(ctx))
         folder = str(run.dir) if run.dir else None
-        if ctx.size > 1 and ctx.controller != "elastic":
+        if ctx.collective:
             folder = dist.broadcast_object(folder, name="run.folder")
         return final, Path(folder) if folder else None
     except BadInput:

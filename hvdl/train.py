@@ -95,10 +95,8 @@ def train(config: Config, is_root: bool) -> int:
     from hvdl.preemption import Stopped
     from hvdl.run import run_training
 
-    dist.set_horovod_knobs(config.perf, elastic=config.elastic)
     try:
-        ctx = dist.init(threads=config.threads or None, backend=config.dist.backend,
-                        needs=dist.requirements(config))
+        ctx = dist.start(config)
     except BadInput as err:  # the launcher and the engine, or the engine and the config
         raise fail(str(err), is_root) from None
     try:

@@ -95,10 +95,9 @@ def epoch_of(stage: engine.Stage, schedule: Schedule, run: RunLog, config: Confi
 def hvdl_main(args: argparse.Namespace) -> dict[str, Any] | None:
     """Warm-up, unsynchronised and timed phases through hvdl; the report on rank 0."""
     config = bench_config(args)
-    dist.set_horovod_knobs(config.perf)
     if args.horovod_timeline:
         os.environ["HOROVOD_TIMELINE"] = "DYNAMIC"
-    ctx = dist.init(threads=args.threads, backend=config.dist.backend)
+    ctx = dist.init(threads=args.threads, backend=config.dist.backend, perf=config.perf)
     batch = SPECS[args.model].batch
     x, y = bench_plain.synthetic_data(args.model, max(args.steps, args.warmup), ctx.rank,
                                       ctx.device)

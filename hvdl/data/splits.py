@@ -34,7 +34,7 @@ class Sharing:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.collective = ctx.size > 1 and ctx.controller != "elastic"
+        self.collective = ctx.collective
 
     def gather(self, obj: Any, name: str) -> list[Any]:
         return dist.allgather_object(obj, name=name) if self.collective else [obj]

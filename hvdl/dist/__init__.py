@@ -38,8 +38,8 @@ import torch
 from hvdl import peers
 from hvdl.config_rules import ConfigError
 from hvdl.dist import launcher
-from hvdl.dist.base import Engine, SingleEngine
-from hvdl.dist.horovod_engine import KNOBS, HorovodEngine, set_knobs
+from hvdl.dist.base import Engine, LaunchError, PeersLost, SingleEngine
+from hvdl.dist.horovod_engine import KNOBS, HorovodEngine
 from hvdl.dist.mpi_engine import MPIEngine
 from hvdl.dist.torch_engine import TorchEngine
 from hvdl.errors import BadInput
@@ -48,14 +48,6 @@ from hvdl.host import (cpu_threads, keep_freed_memory, launcher_local_rank, laun
 
 ENGINES: dict[str, type[Engine]] = {"horovod": HorovodEngine, "mpi": MPIEngine,
                                     "torch": TorchEngine, "single": SingleEngine}
-
-
-class LaunchError(BadInput):
-    """The launcher and the engine disagree about the job (a Gloo-only build under srun, say)."""
-
-
-class PeersLost(RuntimeError):
-    """A collective failed under this rank because another rank or its host is gone."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +71,12 @@ class Context:
     def is_root(self) -> bool:
         return self.rank == 0
 
+    @property
+    def collective(self) -> bool:
+        """Whether a collective may run outside the training loop: more than one rank, and not
+        elastic training, where a worker that joins later would call it alone."""
+        return self.size > 1 and self.controller != "elastic"
+
 
 class _Active:
     """The process's engine. A module-level slot because the job itself is process-wide: every
@@ -95,11 +93,6 @@ def _engine() -> Engine:
     return _Active.engine
 
 
-def set_horovod_knobs(perf: Any, *, elastic: bool = False) -> None:
-    """Horovod's settings, read when it starts, so set before `init` (other engines ignore them)."""
-    set_knobs(perf, elastic=elastic)
-
-
 def knobs() -> dict[str, str | None]:
     """The Horovod settings in this process's environment, which Horovod read when it started."""
     return {k: os.environ.get(k) for k in KNOBS}
@@ -110,10 +103,21 @@ def requirements(config: Any) -> dict[str, str]:
     return launcher.requirements(config.perf, config.elastic)
 
 
-def init(threads: int | None = None, backend: str = "auto",
-         needs: Iterable[str] = ()) -> Context:
-    """Start the engine `backend` (auto: the launcher's; `needs`: features from `requirements`),
-    pin the device, set threads. A second call returns the running engine's context."""
+def start(config: Any, *, training: bool = True) -> Context:
+    """The one start-up of `hvdl train`, `eval`, `encode` and the Python API: the engine that
+    `config` and the launcher call for, given the config's perf settings. `training`: the engine
+    must also have what the run asks of it (elastic, hooks, fp16, timeline); evaluating and
+    encoding ask nothing beyond the basics."""
+    return init(threads=config.threads or None, backend=config.dist.backend,
+                needs=requirements(config) if training else (), perf=config.perf,
+                elastic=config.elastic and training)
+
+
+def init(threads: int | None = None, backend: str = "auto", needs: Iterable[str] = (),
+         perf: Any = None, elastic: bool = False) -> Context:
+    """Start the engine `backend` (auto: the launcher's; `needs`: features from `requirements`;
+    `perf`: the config's perf section, for the engine's own settings), pin the device, set
+    threads. A second call returns the running engine's context."""
     environ = dict(os.environ)
     whole_lines()
     needs = {n: launcher.FEATURES[n][0] for n in needs}
@@ -129,6 +133,8 @@ def init(threads: int | None = None, backend: str = "auto",
         problem = launcher.unsupported(name, needs, ENGINES[name].features)
         if problem:
             raise ConfigError(problem)
+        if perf is not None:
+            ENGINES[name].configure(perf, elastic)
         _Active.engine, _Active.why = ENGINES[name](environ), why
     engine = _Active.engine
     expected, var = launcher_size(environ)
@@ -243,7 +249,7 @@ def distributed_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Modu
 @contextlib.contextmanager
 def local_root_first(ctx: Context) -> Iterator[None]:
     """Run the body on local rank 0 of each node first (e.g. to unpack data), then on the rest."""
-    if ctx.size == 1 or ctx.controller == "elastic":  # elastic: no collective before the loop
+    if not ctx.collective:
         yield
         return
     wait = _engine().local_barrier
@@ -262,7 +268,7 @@ def inventory(ctx: Context) -> list[dict[str, Any]]:
             "device": str(ctx.device), "threads": ctx.threads, "beacon_port": ctx.beacon_port}
     if ctx.device.type == "cuda":
         mine["device_name"] = torch.cuda.get_device_name(ctx.device)
-    if ctx.size == 1 or ctx.controller == "elastic":  # a worker that joins later runs this alone
+    if not ctx.collective:
         return [mine]
     return allgather_object(mine, name="inventory")
 

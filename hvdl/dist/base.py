@@ -14,6 +14,15 @@ from typing import Any
 import torch
 
 from hvdl.config_rules import ConfigError
+from hvdl.errors import BadInput
+
+
+class LaunchError(BadInput):
+    """The launcher and the engine disagree about the job (a Gloo-only build under srun, say)."""
+
+
+class PeersLost(RuntimeError):
+    """A collective failed under this rank because another rank or its host is gone."""
 
 
 class Engine:
@@ -23,6 +32,11 @@ class Engine:
     features: frozenset[str] = frozenset()  # of launcher.FEATURES: what it does beyond the basics
     hint = ""  # what to check when the launcher announced more tasks than the engine sees
     rank, size, local_rank, local_size, controller = 0, 1, 0, 1, ""
+
+    @classmethod
+    def configure(cls, perf: Any, elastic: bool) -> None:
+        """Set what the engine reads as it starts (its environment) from the config's `perf`
+        section, before it is made; most engines read nothing."""
 
     def place(self) -> dict[str, int]:
         """Rank and sizes now (they change only in elastic training)."""

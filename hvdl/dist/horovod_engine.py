@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 
-from hvdl.dist.base import Engine
+from hvdl.dist.base import Engine, LaunchError
 from hvdl.dist.launcher import SETUP
 from hvdl.host import main_thread_signals
 
 KNOBS = ("HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME", "HOROVOD_TIMELINE")
 
 
-def set_knobs(perf: Any, *, elastic: bool = False) -> None:
-    """Horovod reads these when it starts, so they are set before `init` (`perf`: the config's
-    perf section). Other engines ignore them."""
+def set_knobs(perf: Any, elastic: bool) -> None:
+    """Horovod reads these when it starts, so they are set before it is made (`perf`: the
+    config's perf section)."""
     if not elastic:  # Horovod 0.28.1 segfaults re-initialising after an elastic reset with
         # both set (tests/test_elastic.py); elastic runs keep Horovod's defaults.
         os.environ.setdefault("HOROVOD_FUSION_THRESHOLD",
@@ -58,7 +58,6 @@ def mpi_for_horovod() -> Any:
 
 def import_horovod() -> Any:
     """horovod.torch, or a LaunchError saying how to install it."""
-    from hvdl.dist import LaunchError
 
     try:
         import horovod.torch as hvd
@@ -74,6 +73,10 @@ class HorovodEngine(Engine):
     features = frozenset({"elastic", "hooks", "fp16", "timeline"})
     hint = ("this Horovod was probably built without MPI (check `horovodrun --check-build`), "
             "or srun was not given --mpi=pmix")
+
+    @classmethod
+    def configure(cls, perf: Any, elastic: bool) -> None:
+        set_knobs(perf, elastic)
 
     def __init__(self, environ: dict[str, str]) -> None:
         self.hvd = hvd = import_horovod()

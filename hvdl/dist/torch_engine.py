@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hvdl.dist.base import Engine
+from hvdl.dist.base import Engine, LaunchError
 from hvdl.dist.launcher import Place, torch_place
 from hvdl.host import main_thread_signals, pick_device
 
@@ -37,7 +37,6 @@ def free_port() -> int:
 
 def agree_address(place: Place) -> tuple[str, int]:
     """Rank 0's host and a free port there, broadcast by mpi4py (mpirun without MASTER_ADDR)."""
-    from hvdl.dist import LaunchError
 
     try:
         import mpi4py
