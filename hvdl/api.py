@@ -15,7 +15,7 @@ A script runs as any hvdl program does: `python train.py`, `horovodrun -np 4 pyt
 run folder and checkpoints, and every rank gets the same result. Options are the config's
 keys: top-level ones as keyword arguments, a section as a dict (`data={...}`, `rbm={...}`);
 `data` may also be just a path. Bad input raises hvdl.errors.BadInput with the one-line message
-the command line prints; a NaN loss raises hvdl.engine.NonFiniteLoss.
+the command line prints; a NaN loss raises hvdl.loop.NonFiniteLoss.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A checkpoint is a dict of tensors and plain values, never pickled modules:
 `{"model": state_dict, "optimizer": state_dict, "config": to_dict(config), "stage": str,
 "epoch": int, "batch": int, "step": int, "rng": [{...} per rank], **extra}`, where `epoch` counts
-whole epochs done and `batch` the batches done of the next (hvdl/engine.py writes them). It is
+whole epochs done and `batch` the batches done of the next (hvdl/loop/epochs.py writes them). It is
 written to a temporary file in the same folder, flushed to disk, then renamed over its final name,
 so a crash never leaves half a file under a checkpoint's name; only the newest `keep` are kept.
 """

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 from hvdl.config_rules import ConfigError, NonNegative, Positive, coerce, validate
 

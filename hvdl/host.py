@@ -109,7 +109,8 @@ def main_thread_signals() -> Iterator[None]:
     A signal handled in Python may be delivered to any thread; one landing in Horovod's
     background thread interrupts its socket calls and shuts Horovod down on that rank (seen with
     Gloo). Threads inherit the signal mask of their creator, so they are created with these
-    signals blocked, and only the main thread, which runs hvdl/preemption.py's handler, gets them.
+    signals blocked, and only the main thread, which runs hvdl/loop/preemption.py's handler,
+    gets them.
     """
     blocked = {signal.SIGTERM, signal.SIGUSR1}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)

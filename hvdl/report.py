@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from hvdl.errors import ArgumentParser
 

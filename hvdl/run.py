@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from hvdl import checkpoint, dist, preemption
+from hvdl import checkpoint, dist
 from hvdl.config import Config, ConfigError
-from hvdl.engine import NonFiniteLoss
 from hvdl.errors import BadInput
 from hvdl.families import FAMILIES
 from hvdl.host import peak_rss_mb
+from hvdl.loop import NonFiniteLoss, preemption
 from hvdl.runlog import RunLog
 
 

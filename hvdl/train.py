@@ -13,13 +13,14 @@ one config field (`--section.key value` for a section; see hvdl/config.py). `--r
 (slurm/train.sh adds it when Slurm requeues the job); `--resume PATH` names a checkpoint.
 
 Exit status, the same on every rank:
-    0  training finished, or SIGTERM/SIGUSR1 stopped it after a checkpoint (hvdl/preemption.py)
+    0  training finished, or SIGTERM/SIGUSR1 stopped it after a checkpoint (hvdl/loop/preemption.py)
     1  the loss or the weights became NaN or infinite; the last good checkpoint is kept
     2  bad input, found before any work: one line on rank 0, no files left behind (the cases
        and their messages: results/bad_input.md)
 A rank that dies makes the launcher end the job with its own non-zero status
 (tests/test_faults.py); a rank whose collective fails because a peer is gone exits 1 with one
-line naming the ranks and hosts that stopped answering (hvdl/peers.py, tests/test_multihost.py).
+line naming the ranks and hosts that stopped answering (hvdl/dist/peers.py,
+tests/test_multihost.py).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def train(config: Config, is_root: bool) -> int:
     # torch and the engines load only now, once the options are known good: a mistyped option,
     # --help and --print-config are answered in a fraction of a second instead of two.
     from hvdl import dist
-    from hvdl.engine import NonFiniteLoss
-    from hvdl.preemption import Stopped
+    from hvdl.loop import NonFiniteLoss
+    from hvdl.loop.preemption import Stopped
     from hvdl.run import run_training
 
     try:

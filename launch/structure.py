@@ -7,7 +7,8 @@
 Sizes: lines of each module of hvdl/ (all lines, as `wc -l` counts them), the modules over 300
 lines and the functions over 40 (decorators and docstring included), the modules at the top level
 of the package. Cycles: the import cycles between hvdl's modules, imports inside functions
-included (an edge a → b for every `import`/`from ... import` of b anywhere in a).
+included (an edge a → b for every `import`/`from ... import` of b anywhere in a, but under
+`if TYPE_CHECKING:`).
 
 Moves: how often a reader following the code from `hvdl/train.py`'s `main` to the first optimizer
 step changes file, counted by tracing a real run: every call into or return to a function of
@@ -95,8 +96,13 @@ def imports(path: str, text: str, known: set[str]) -> set[str]:
     """The hvdl modules `path` imports, anywhere in it: `from P import M` counts as an import of
     the module P.M where there is one, else of P (the package a module is in is not counted)."""
     package = ["hvdl", *Path(path).with_suffix("").parts[:-1]]
-    names = set()
-    for node in ast.walk(ast.parse(text)):
+    tree, names = ast.parse(text), set()
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", "") == "TYPE_CHECKING"
+                   for n in ast.walk(block)}  # never run: not an import
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from procs import ROOT, check_job
 
-from hvdl import lbfgs
+from hvdl.loop import lbfgs
 from hvdl.models import autoencoder as ae
 from hvdl.viz import filter_grid
+from procs import ROOT, check_job
 
 HYPER = {"rho": 0.05, "beta": 3.0, "lam": 1e-3}
 

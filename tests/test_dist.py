@@ -6,10 +6,9 @@ import json
 import pytest
 import torch
 
-from procs import check_job
-
-from hvdl.schedule import scaled_lr
 from hvdl.host import cpu_threads, launcher_size
+from hvdl.loop.schedule import scaled_lr
+from procs import check_job
 
 
 def test_launcher_size_reads_open_mpi_and_slurm_steps():

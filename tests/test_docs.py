@@ -268,6 +268,7 @@ def test_torch_engine_waits_hvdl_dist_timeout_s_for_its_peers(monkeypatch, given
     """Test that the torch engine hands torch.distributed a timeout of HVDL_DIST_TIMEOUT_S
     seconds, 1800 when it is not set (README: Engines)."""
     import torch.distributed as tdist
+
     from hvdl.dist.torch_engine import TorchEngine
     calls = []
     monkeypatch.setattr(tdist, "init_process_group", lambda *a, **kw: calls.append(kw))

@@ -17,11 +17,21 @@ import numpy as np
 import pytest
 import torch
 
-from procs import ROOT, check_job, job_env, launch_command, rank_pids, run_job, start_job
-from procs import assert_resumed, finish, snapshot_checkpoints, wait_for_file
-
 from hvdl.dist import launcher as launch_env
 from hvdl.dist.launcher import torch_place
+from procs import (
+    ROOT,
+    assert_resumed,
+    check_job,
+    finish,
+    job_env,
+    launch_command,
+    rank_pids,
+    run_job,
+    snapshot_checkpoints,
+    start_job,
+    wait_for_file,
+)
 
 # (engine, launcher) pairs with 2 ranks; procs.launch_command's launcher names
 MATRIX = [("horovod", "gloo"), ("horovod", "mpi"), ("mpi", "mpirun"), ("torch", "torchrun"),

@@ -7,7 +7,7 @@ The README promises that a training step never waits for the host: the loss stay
 device and is read every `log_every` steps and at an epoch's end. Each case trains a small
 recipe in-process through hvdl.fit (one process, `--dist.backend single`) with `log_every`
 larger than an epoch and no mid-epoch checkpoints, so an epoch's only read is after its last
-step. hvdl.engine.train_epoch is wrapped so that the check is on from the end of an epoch's
+step. hvdl.loop.epochs.train_epoch is wrapped so that the check is on from the end of an epoch's
 first step (which allocates optimizer state) until the end of the step before a read: all of
 the steps in between (batch slicing, the rate, the family's step, the loop's sums, the stage's
 and checkpointer's hooks) run under it.
@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import hvdl
-from hvdl import engine
+from hvdl.loop import epochs
 
 ROWS, TEST_ROWS, BATCH, EPOCHS = 600, 200, 60, 2  # 10 steps an epoch, 2 epochs a stage
 STEPS = ROWS // BATCH
@@ -70,8 +70,9 @@ class SyncCheck:
 
 
 def checked_loop(check: SyncCheck, monkeypatch) -> None:
-    """hvdl.engine.train_epoch under `check`: on after each step whose next one makes no read."""
-    real = engine.train_epoch
+    """train_epoch (hvdl/loop/epochs.py) under `check`: on after each step whose next one
+    makes no read."""
+    real = epochs.train_epoch
 
     def train_epoch(stage, optimizer, shard, schedule, *, config, after_step=None, **kw):
         assert config.log_every == NEVER and config.checkpoint_every == 0
@@ -92,7 +93,7 @@ def checked_loop(check: SyncCheck, monkeypatch) -> None:
         finally:
             check.switch(False)
 
-    monkeypatch.setattr(engine, "train_epoch", train_epoch)
+    monkeypatch.setattr(epochs, "train_epoch", train_epoch)
 
 
 def emulate_syncs(check: SyncCheck, monkeypatch) -> None:

@@ -218,7 +218,7 @@ LOST_HOST = {
     ("mpi", "cut"): "Timeout, server node2 not responding",
     ("mpirun", "cut"): "Timeout, server node2 not responding",
     ("srun", "cut"): "Node failure on node2",  # slurmctld, SlurmdTimeout
-    ("gloo", "kill"): "rank 1 on node2: its process is gone",  # hvdl/peers.py on rank 0
+    ("gloo", "kill"): "rank 1 on node2: its process is gone",  # hvdl/dist/peers.py on rank 0
     ("mpi", "kill"): "on node node2 exited on signal 9",
     ("mpirun", "kill"): "on node node2 exited on signal 9",
     ("srun", "kill"): "node2: task 1: Killed",  # then KillOnBadExit ends the step

@@ -1,6 +1,7 @@
-"""hvdl/peers.py: a rank's beacon answers while it lives, and the probe says why one does not."""
+"""hvdl/dist/peers.py: a rank's beacon answers while it lives, and the probe says why one does
+not."""
 
-from hvdl import peers
+from hvdl.dist import peers
 
 
 def test_a_live_beacon_answers_and_a_closed_one_reads_as_a_gone_process():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from procs import ROOT, check_job, run_job
 from hvdl import dist
 from hvdl.models import pca as pca_module
 from hvdl.models.rbm import RBM, classifier, contrastive_divergence, make_stack, unroll
+from procs import ROOT, check_job, run_job
 
 
 def sigmoid(x):

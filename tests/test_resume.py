@@ -8,8 +8,15 @@ import signal
 import pytest
 import torch
 
-from procs import assert_resumed, check_job, finish, rank_pids, snapshot_checkpoints, start_job
-from procs import wait_for_file
+from procs import (
+    assert_resumed,
+    check_job,
+    finish,
+    rank_pids,
+    snapshot_checkpoints,
+    start_job,
+    wait_for_file,
+)
 
 # 40 steps an epoch on one rank (2000 / 50), a checkpoint every 10 steps, a stop check every 10;
 # every checkpoint kept, so that a resume can be seen to leave the ones before it alone.
@@ -110,7 +117,7 @@ def test_stop_signal_handlers_are_installed_only_while_noting(monkeypatch):
     """Test that StopSignal notes SIGTERM/SIGUSR1 while active, that a signal noted by the
     run's outer StopSignal between two loops reaches the next loop, and that the old handlers
     come back afterwards with nothing noted."""
-    from hvdl.preemption import StopSignal
+    from hvdl.loop.preemption import StopSignal
 
     before = signal.getsignal(signal.SIGTERM)
     with StopSignal(every=5) as stop:

@@ -15,8 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from procs import assert_resumed, check_job, finish, rank_pids, run_job, snapshot_checkpoints
-from procs import start_job, wait_for_file
+from procs import (
+    assert_resumed,
+    check_job,
+    finish,
+    rank_pids,
+    run_job,
+    snapshot_checkpoints,
+    start_job,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.slow
 

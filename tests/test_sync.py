@@ -1,14 +1,14 @@
-"""Synchronisation modes (hvdl/sync.py) in real 2-rank Horovod jobs, and the GPU-path switches."""
+"""Synchronisation modes (hvdl/loop/sync.py) in real 2-rank Horovod jobs, and the GPU-path
+switches."""
 
 import json
 
 import pytest
 import torch
+from test_train import TINY, final_weights
 
 from hvdl import config as configlib
 from procs import check_job
-
-from test_train import TINY, final_weights
 
 
 @pytest.fixture(scope="module")

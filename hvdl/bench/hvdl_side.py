@@ -2,7 +2,7 @@
 
 Called by hvdl/bench/worker.py for `--impl hvdl`, under horovodrun (N ranks) or as one plain
 process (the framework's overhead over hvdl/bench/plain.py's loop). Every model, the RBM's CD-k
-stage included, runs through `engine.train_epoch` with the optimizer `sync.wrap` returns.
+stage included, runs through `loop.train_epoch` with the optimizer `sync.wrap` returns.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from hvdl import dist, engine, sync
-from hvdl.bench import plain as bench_plain
 from hvdl import config as configlib
-from hvdl.bench.plain import SPECS
+from hvdl import dist, loop
+from hvdl.bench import plain as bench_plain
 from hvdl.bench.measure import job_report, peak_memory_mb, timed
+from hvdl.bench.plain import SPECS
 from hvdl.config import Config
 from hvdl.data.shard import DeviceShard
 from hvdl.dist import Context
+from hvdl.loop import sync
+from hvdl.loop.schedule import Schedule, make_optimizer
 from hvdl.runlog import RunLog
-from hvdl.schedule import Schedule, make_optimizer
 
 Epoch = Callable[[torch.optim.Optimizer, DeviceShard, int], None]  # (optimizer, shard, epoch)
 
@@ -78,17 +79,17 @@ def build(config: Config, ctx: Context) -> tuple[torch.nn.Module, Epoch, Callabl
         stack = rbm_models.make_stack(config.layers[:-1], generator=gen)
         model = rbm_models.classifier(stack, config.layers[-1], generator=gen).to(ctx.device)
         loss = F.cross_entropy
-    stage = engine.Stage(name="bench", model=model, loss=loss, epochs=1, lr=lr)
+    stage = loop.Stage(name="bench", model=model, loss=loss, epochs=1, lr=lr)
 
     def make_model_optimizer() -> torch.optim.Optimizer:
         return sync.wrap(make_optimizer(model.parameters(), config, lr), model, config)
     return model, partial(epoch_of, stage, schedule, run, config), make_model_optimizer
 
 
-def epoch_of(stage: engine.Stage, schedule: Schedule, run: RunLog, config: Config,
+def epoch_of(stage: loop.Stage, schedule: Schedule, run: RunLog, config: Config,
              optimizer: torch.optim.Optimizer, shard: DeviceShard, epoch: int) -> None:
     """One epoch of the stage through hvdl's training loop."""
-    engine.train_epoch(stage, optimizer, shard, schedule, epoch=epoch, step=0, run=run,
+    loop.train_epoch(stage, optimizer, shard, schedule, epoch=epoch, step=0, run=run,
                        config=config)
 
 

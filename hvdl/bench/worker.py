@@ -7,7 +7,7 @@
 hvdl/bench/suite.py launches these; each rank times its steps, rank 0 writes the job's report.
 `plain` is hvdl/bench/plain.py's loop in one process, `ddp` the same networks under
 DistributedDataParallel (Gloo on CPU, NCCL on GPU), `hvdl` the package's own models, optimizer
-wrapper (hvdl/sync.py) and training loop (`engine.train_epoch`, the RBM's `cd_epoch`).
+wrapper (hvdl/loop/sync.py) and training loop (`loop.train_epoch`, the RBM's `cd_epoch`).
 
 Phases: `warmup` steps, then, with more than one rank, `steps` steps without synchronisation
 (each rank on its own: the compute time under the same contention), then `steps` synchronised

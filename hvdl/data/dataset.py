@@ -35,13 +35,32 @@ from hvdl.config import Config, ConfigError
 from hvdl.data import chunks
 from hvdl.data.chunks import Order, Piece
 from hvdl.data.patches import PatchSource
-from hvdl.data.prepare import (Classes, Scale, Survey, check, class_index, decoder, merge, survey,
-                               vocabulary)
+from hvdl.data.prepare import (
+    Classes,
+    Scale,
+    Survey,
+    check,
+    class_index,
+    decoder,
+    merge,
+    survey,
+    vocabulary,
+)
 from hvdl.data.record import record, startup_line
 from hvdl.data.shard import DeviceShard, Shard, Shards
 from hvdl.data.source import DataError, Source, default_cache
-from hvdl.data.splits import (Plan, Sharing, announce_copies, check_sizes, count_records,
-                              node_copies, open_splits, plan, served_shape, stored_shape)
+from hvdl.data.splits import (
+    Plan,
+    Sharing,
+    announce_copies,
+    check_sizes,
+    count_records,
+    node_copies,
+    open_splits,
+    plan,
+    served_shape,
+    stored_shape,
+)
 from hvdl.data.stream import StreamShard
 from hvdl.dist import Context
 

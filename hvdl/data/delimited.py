@@ -23,8 +23,16 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.source import (DataError, Local, Source, Spec, check_readable, is_gzip,
-                              pick_columns, plain_suffix)
+from hvdl.data.source import (
+    DataError,
+    Local,
+    Source,
+    Spec,
+    check_readable,
+    is_gzip,
+    pick_columns,
+    plain_suffix,
+)
 
 
 class CsvSource(Source):

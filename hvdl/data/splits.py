@@ -24,7 +24,7 @@ from hvdl.config import Config, ConfigError
 from hvdl.data import chunks, mnist
 from hvdl.data.chunks import Piece
 from hvdl.data.patches import PatchSource
-from hvdl.data.source import (DataError, Source, Spec, decompress, decompressed, open_source)
+from hvdl.data.source import DataError, Source, Spec, decompress, decompressed, open_source
 from hvdl.dist import Context
 from hvdl.errors import BadInput
 

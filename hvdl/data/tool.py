@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
 import numpy as np
 
 from hvdl.data import chunks, mnist

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from hvdl import peers
+from hvdl.dist import peers
 from hvdl.config_rules import ConfigError
 from hvdl.dist import launcher
 from hvdl.dist.base import Engine, LaunchError, PeersLost, SingleEngine
@@ -65,7 +65,7 @@ class Context:
     controller: str
     engine: str = "single"  # the collective engine running: horovod, mpi, torch or single
     reason: str = ""  # why that engine, e.g. "started by mpirun; auto"
-    beacon_port: int | None = None  # where this rank answers while it lives (hvdl/peers.py)
+    beacon_port: int | None = None  # where this rank answers while it lives (hvdl/dist/peers.py)
 
     @property
     def is_root(self) -> bool:

@@ -3,7 +3,7 @@
     mpirun -np 4 python -m hvdl.train                # auto picks it under mpirun, srun, mpiexec
     srun --mpi=pmix python -m hvdl.train
 
-The fused gradient buffer (hvdl/sync.py) is averaged by one in-place `Allreduce` on its own
+The fused gradient buffer (hvdl/loop/sync.py) is averaged by one in-place `Allreduce` on its own
 memory (a NumPy view of the CPU tensor: no copy); states are broadcast in place byte for byte,
 objects pickled by mpi4py. The stop agreement is a non-blocking `Iallreduce` (MAX) on a
 communicator of its own, which Open MPI progresses during the next steps' collectives.

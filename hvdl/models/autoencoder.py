@@ -154,7 +154,7 @@ def sparse_cost_grad(model: SparseAutoencoder, x: torch.Tensor, *, rho: float, b
 
 
 class SparseLoss:
-    """J on a global minibatch as an `engine.Stage` loss for Horovod's averaging optimizer.
+    """J on a global minibatch as an `loop.Stage` loss for Horovod's averaging optimizer.
 
     ρ̂ and m come from the minibatches of all ranks (one `reduce_sum` per step); the share is
     multiplied by the number of ranks because the distributed optimizer averages gradients.

@@ -5,10 +5,10 @@
     horovodrun -np 2 python -m hvdl.train --model stacked_ae_mnist # 784-200-200-10
 
 With `optimizer = "lbfgs"` every rank evaluates J and ∇J on its shard, the sums are reduced over
-ranks, and every rank takes the same full-batch L-BFGS step (hvdl/lbfgs.py); at the end a
+ranks, and every rank takes the same full-batch L-BFGS step (hvdl/loop/lbfgs.py); at the end a
 checksum of the parameters gathered from every rank confirms they are identical, and the check is
 recorded in metrics.json. With "sgd" or "adam" the minibatches go through the engine
-(hvdl/engine.py), which averages gradients over ranks by allreduce, with ρ̂ taken over the
+(hvdl/loop/epochs.py), which averages gradients over ranks by allreduce, with ρ̂ taken over the
 global minibatch. A stack is pretrained greedily, layer by layer on the previous layer's hidden
 activations, then a softmax classifier is trained on the top features, and the whole stack is
 fine-tuned (`sae.finetune_optimizer`).
@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvdl import checkpoint, dist, engine, lbfgs, metrics, sync
+from hvdl import checkpoint, dist, loop, metrics
 from hvdl.config import Config, ConfigError
 from hvdl.data import dataset
 from hvdl.data.shard import DeviceShard, Shards
 from hvdl.dist import Context
+from hvdl.loop import lbfgs, sync
 from hvdl.models import autoencoder as ae
 from hvdl.runlog import RunLog
 from hvdl.viz import display_scale, filter_grid
@@ -85,7 +86,7 @@ def lbfgs_sparse(model: ae.SparseAutoencoder, x: torch.Tensor, config: Config, c
             draw_filters(run, f"{name}/filters", model.encoder.weight, shape, done)
 
     every = config.filters_every or config.log_every
-    return engine.fit_full_batch(name, model, objective, iterations=sae.lbfgs_iterations,
+    return loop.fit_full_batch(name, model, objective, iterations=sae.lbfgs_iterations,
                                  config=config, ctx=ctx, run=run, state=state,
                                  history=sae.lbfgs_history, chunk=min(config.log_every, every),
                                  on_chunk=on_chunk, carry=carry)
@@ -105,9 +106,9 @@ def minibatch_sparse(model: ae.SparseAutoencoder, shards: Shards, config: Config
         if config.filters_every and step % config.filters_every == 0:
             draw_filters(run, f"{name}/filters", model.encoder.weight, shape, step)
 
-    stage = engine.Stage(name=name, model=model, loss=loss, epochs=config.epochs, lr=config.lr,
+    stage = loop.Stage(name=name, model=model, loss=loss, epochs=config.epochs, lr=config.lr,
                          after_step=after_step, carry=carry)
-    final = engine.fit(stage, shards, config, ctx, run, state=state)
+    final = loop.fit(stage, shards, config, ctx, run, state=state)
     return {"epochs": final.get("epoch", 0), "steps": final.get("step", 0)}
 
 
@@ -189,7 +190,7 @@ def train_classifier(net: nn.Module, shard: DeviceShard, config: Config, ctx: Co
         x, y = shard.tensors()
         objective = classifier_objective(net, x, y, list(net.parameters()), [softmax.weight],
                                          lam, make_reduce(ctx, f"{name}.sums"))
-        report = engine.fit_full_batch(
+        report = loop.fit_full_batch(
             name, net, objective, iterations=iterations, config=config, ctx=ctx, run=run,
             state=state, history=config.sae.lbfgs_history, chunk=config.log_every, carry=carry,
             on_chunk=lambda done, cost: run.print(f"{name} L-BFGS iteration {done}: cost "
@@ -198,9 +199,9 @@ def train_classifier(net: nn.Module, shard: DeviceShard, config: Config, ctx: Co
         def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing) \
                 + 0.5 * lam * (softmax.weight ** 2).sum()
-        stage = engine.Stage(name=name, model=net, loss=loss, epochs=iterations, lr=config.lr,
+        stage = loop.Stage(name=name, model=net, loss=loss, epochs=iterations, lr=config.lr,
                              evaluate=evaluate, carry=carry)
-        final = engine.fit(stage, shard.rebatched(config.batch_size),
+        final = loop.fit(stage, shard.rebatched(config.batch_size),
                            dataclasses.replace(config, optimizer=optimizer), ctx, run,
                            state=state)
         report = {k: v for k, v in final.items() if k != "test"}  # final is in the history
@@ -226,7 +227,7 @@ def pretrain(shards: Shards, config: Config, ctx: Context, run: RunLog,
         model = ae.SparseAutoencoder(n_visible=shards.train.shape[0], n_hidden=n_hidden,
                                      seed=config.seed + i, dtype=dtype(config)).to(ctx.device)
         before = dict(done)
-        report = engine.once(
+        report = loop.once(
             name, model, state, run, config,
             lambda: train_sparse(model, shards, config, ctx, run, name, shape if i == 0 else None,
                                  state, carry=lambda: before),
@@ -258,7 +259,7 @@ def train_stacked(config: Config, ctx: Context, run: RunLog,
     softmax = ae.softmax_layer(features.train.shape[0], config.layers[-1], seed=config.seed,
                                dtype=dtype(config)).to(ctx.device)
     before = dict(done)
-    report = engine.once(
+    report = loop.once(
         "softmax", softmax, state, run, config,
         lambda: train_classifier(
             softmax, features.train, config, ctx, run, name="softmax", optimizer=config.optimizer,

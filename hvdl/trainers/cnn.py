@@ -4,7 +4,7 @@
     horovodrun -np 2 python -m hvdl.train --model lenet5 --data.path train.parquet \
         --data.test_path test.parquet --data.label label --data.shape 1,28,28 --data.scale unit
     horovodrun -np 2 --min-np 1 --max-np 4 --host-discovery-script S \
-        python -m hvdl.train --model lenet5 --elastic          # elastic: hvdl/elastic.py
+        python -m hvdl.train --model lenet5 --elastic          # elastic: hvdl/loop/elastic.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hvdl import engine, metrics
+from hvdl import loop, metrics
 from hvdl.config import Config
 from hvdl.data import dataset
 from hvdl.data.shard import Shard
@@ -44,8 +44,8 @@ def train(config: Config, ctx: Context, run: RunLog,
     model = build_classifier(config, ctx, data.info)
     shards = data.shards()  # read by evaluate when it runs: elastic training deals them again
     loss = partial(F.cross_entropy, label_smoothing=config.label_smoothing)
-    stage = engine.Stage(
+    stage = loop.Stage(
         name="train", model=model, loss=loss, epochs=config.epochs, lr=config.lr,
         evaluate=(lambda: evaluate(model, shards.test, data.classes)) if data.test else None)
-    final = engine.fit(stage, shards, config, ctx, run, state=state)
+    final = loop.fit(stage, shards, config, ctx, run, state=state)
     return final.get("test") or {}

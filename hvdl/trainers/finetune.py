@@ -4,7 +4,7 @@ Called by hvdl/trainers/rbm.py after greedy pretraining. The DBN gets a softmax 
 trained alone for `rbm.top_epochs` if asked (stage `finetune_top`), then the whole net
 (`finetune`); the deep autoencoder is unrolled with tied initial weights and fine-tuned on
 cross-entropy, its test error recorded after every epoch, with 30-component PCA as the
-baseline. Both train through engine.fit (SGD, Adam, or the minibatch L-BFGS of hvdl/lbfgs.py)
+baseline. Both train through loop.fit (SGD, Adam, or the minibatch L-BFGS of hvdl/loop/lbfgs.py)
 on batches of `rbm.finetune_batch_size`, and keep their weights in stages/<name>.pt.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hvdl import checkpoint, engine, metrics
+from hvdl import checkpoint, loop, metrics
 from hvdl.config import Config
 from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
@@ -23,7 +23,6 @@ from hvdl.models import rbm as rbm_models
 from hvdl.models.pca import fit_pca, squared_error
 from hvdl.models.rbm import RBM
 from hvdl.runlog import RunLog
-
 
 
 def finetune_classifier(rbms: list[RBM], shards: Shards, config: Config, ctx: Context,
@@ -38,8 +37,8 @@ def finetune_classifier(rbms: list[RBM], shards: Shards, config: Config, ctx: Co
     model = rbm_models.classifier(rbms, classes, generator=generator).to(ctx.device)
     done = dict(done or {})
 
-    def stage(name: str, epochs: int) -> engine.Stage:
-        return engine.Stage(
+    def stage(name: str, epochs: int) -> loop.Stage:
+        return loop.Stage(
             name=name, model=model, loss=F.cross_entropy, epochs=epochs,
             lr=config.rbm.finetune_lr, carry=lambda: done,
             evaluate=None if shards.test is None else
@@ -51,14 +50,14 @@ def finetune_classifier(rbms: list[RBM], shards: Shards, config: Config, ctx: Co
             lower = [p for layer in model[:-1] for p in layer.parameters()]
             for p in lower:
                 p.requires_grad_(False)
-            engine.fit(stage("finetune_top", config.rbm.top_epochs), shards, config, ctx, run,
+            loop.fit(stage("finetune_top", config.rbm.top_epochs), shards, config, ctx, run,
                        state=state)
             for p in lower:
                 p.requires_grad_(True)
 
-        engine.once("finetune_top", model, state, run, config, train_top, kept=lambda: None)
+        loop.once("finetune_top", model, state, run, config, train_top, kept=lambda: None)
         done["finetune_top"] = model.state_dict()
-    final = engine.fit(stage("finetune", config.rbm.finetune_epochs), shards, config, ctx, run,
+    final = loop.fit(stage("finetune", config.rbm.finetune_epochs), shards, config, ctx, run,
                        state=state)
     checkpoint.save_stage(run, "finetune", model, config)
     test = final.get("test", {})
@@ -101,11 +100,11 @@ def finetune_autoencoder(rbms: list[RBM], shards: Shards, config: Config, ctx: C
 
     before = test_reconstruction(model, held())["squared_error"]
     run.print(f"unrolled autoencoder before fine-tuning: test squared error {before:.3f}")
-    stage = engine.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
+    stage = loop.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
                          epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
                          evaluate=lambda: test_reconstruction(model, held()),
                          carry=lambda: dict(done or {}))
-    final = engine.fit(stage, shards, config, ctx, run, state=state)
+    final = loop.fit(stage, shards, config, ctx, run, state=state)
     train_shard, test_shard = shards.train, held()
     checkpoint.save_stage(run, "finetune", model, config)
     # The last epoch's evaluation is the final figure (none when there are no epochs).

@@ -29,13 +29,13 @@ from typing import Any, Callable
 
 import torch
 
-from hvdl import checkpoint, dist, engine, viz
+from hvdl import checkpoint, dist, loop, viz
 from hvdl import config as configlib
-from hvdl.checkpointer import RankState
 from hvdl.config import Config
 from hvdl.data import dataset
 from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
+from hvdl.loop.checkpointer import RankState
 from hvdl.models import rbm as rbm_models
 from hvdl.models.rbm import RBM
 from hvdl.runlog import RunLog
@@ -163,18 +163,18 @@ def pretrain(rbms: list[RBM], shards: Shards, config: Config, ctx: Context, run:
     for i, rbm in enumerate(rbms, start=1):
         name = f"pretrain{i}"
 
-        def train() -> dict[str, Any]:  # called at once, by engine.once
+        def train() -> dict[str, Any]:  # called at once, by loop.once
             run.print(f"{name}: RBM {rbm.n_vis}-{rbm.n_hid} ({rbm.visible} visible, "
                       f"{rbm.hidden} hidden), CD-{config.rbm.cd_k}"
                       f"{' persistent' if config.rbm.persistent else ''}")
             before = {f"pretrain{j}": r.state_dict() for j, r in enumerate(rbms[:i - 1], 1)}
             stage = rbm_stage(rbms[:i], shards, name, config, ctx, run, picture,
                               carry=lambda: before)
-            final = engine.fit(stage, shards, config, ctx, run, state=state)
+            final = loop.fit(stage, shards, config, ctx, run, state=state)
             draw(run, name, rbms[:i], picture, final.get("epoch", 0))
             return final
 
-        finals.append(engine.once(name, rbm, state, run, config, train,
+        finals.append(loop.once(name, rbm, state, run, config, train,
                                   kept=lambda: run.metrics.get(name, [{}])[-1]))
         if i < len(rbms):  # the next RBM's data: this one's hidden probabilities E[h | v]
             shards = shards.mapped(rbm.hidden_mean)
@@ -191,7 +191,7 @@ def rbm_optimizer(rbm: RBM, lr: float, config: Config) -> torch.optim.Optimizer:
 
 def rbm_stage(stack: list[RBM], shards: Shards | None, name: str, config: Config,
               ctx: Context, run: RunLog, picture: tuple[int, int] | None,
-              carry: Callable[[], dict[str, Any]] | None = None) -> engine.Stage:
+              carry: Callable[[], dict[str, Any]] | None = None) -> loop.Stage:
     """CD-k for the top RBM of `stack` as a stage of the loop (the ones below only draw its
     filters): the update writes the CD statistics into `.grad` and steps; each rank's sampling
     noise and persistent chain are its own, and checkpoints carry them."""
@@ -234,7 +234,7 @@ def rbm_stage(stack: list[RBM], shards: Shards | None, name: str, config: Config
         if config.filters_every and step % config.filters_every == 0:
             draw(run, name, stack, picture, step)
 
-    return engine.Stage(
+    return loop.Stage(
         name=name, model=rbm, epochs=config.rbm.pretrain_epochs, lr=lr, update=update,
         optimizer=lambda: rbm_optimizer(rbm, lr, config),
         evaluate=None if shards is None else

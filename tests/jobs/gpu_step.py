@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from hvdl import config as configlib
-from hvdl import dist, sync
+from hvdl import dist
+from hvdl.loop import sync
 from hvdl.models.cnn import LeNet5
 
 

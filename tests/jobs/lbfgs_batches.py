@@ -1,9 +1,9 @@
-"""Minibatch L-BFGS (hvdl/lbfgs.py) on the same global minibatches, on however many ranks.
+"""Minibatch L-BFGS (hvdl/loop/lbfgs.py) on the same global minibatches, on however many ranks.
 
     horovodrun --gloo -np 2 python tests/jobs/lbfgs_batches.py OUT.json
 
 Every rank draws the same global minibatches and keeps its own equal part of each; a small
-float64 classifier takes a few MinibatchLBFGS steps through engine.train_epoch's closure path.
+float64 classifier takes a few MinibatchLBFGS steps through loop.train_epoch's closure path.
 Rank 0 writes the final weights, the losses and whether the ranks agree bitwise;
 tests/test_rbm.py compares 1 rank with 2.
 """
@@ -17,7 +17,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from hvdl import dist, lbfgs
+from hvdl import dist
+from hvdl.loop import lbfgs
 
 BATCH, STEPS, FEATURES, CLASSES = 24, 3, 6, 3
 

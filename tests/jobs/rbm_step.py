@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from hvdl import config as configlib
-from hvdl import dist, sync
+from hvdl import dist
+from hvdl.loop import sync
 from hvdl.models.pca import fit_pca, squared_error
 from hvdl.models.rbm import RBM, contrastive_divergence
 from hvdl.trainers.rbm import rbm_optimizer

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from hvdl import dist
-from hvdl.data.patches import normalize_patches
 from hvdl.data import chunks
+from hvdl.data.patches import normalize_patches
 from hvdl.models import autoencoder as ae
 from hvdl.trainers.autoencoder import make_reduce
 

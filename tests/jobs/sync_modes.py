@@ -1,4 +1,5 @@
-"""The synchronisation modes of hvdl/sync.py on the same data, on however many ranks are launched.
+"""The synchronisation modes of hvdl/loop/sync.py on the same data, on however many ranks are
+launched.
 
     horovodrun --gloo -np 2 python tests/jobs/sync_modes.py OUT.json
 
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from hvdl import config as configlib
-from hvdl import dist, sync
+from hvdl import dist
+from hvdl.loop import sync
 from hvdl.models.cnn import LeNet5
 
 BATCH, STEPS = 8, 4

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules: what `engine.fit` steps, at which rate.
+"""Optimizers and learning-rate schedules: what `loop.fit` steps, at which rate.
 
 The rate a stage starts from is the single-rank one; with `lr_scaling = "linear"` it grows to
 lr × ranks (the global batch grows with them) by a linear warm-up over `warmup_epochs` (Goyal
@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from hvdl import config as configlib
-from hvdl import lbfgs
 from hvdl.config import Config
+from hvdl.loop import lbfgs
 
 
 def make_optimizer(params: Any, config: Config, lr: float) -> torch.optim.Optimizer:
-    """The stage's optimizer; `lbfgs` is minibatch L-BFGS (hvdl/lbfgs.py), which averages its
+    """The stage's optimizer; `lbfgs` is minibatch L-BFGS (hvdl/loop/lbfgs.py), which averages its
     own gradients over ranks and ignores the learning rate."""
     if config.optimizer == "lbfgs":
         return lbfgs.MinibatchLBFGS(params, iterations=config.lbfgs_batch_iterations)

@@ -18,10 +18,11 @@ from typing import Any, Callable
 
 import torch
 
-from hvdl import checkpoint, dist, preemption, sync
+from hvdl import checkpoint, dist
 from hvdl import config as configlib
 from hvdl.config import Config
 from hvdl.dist import Context
+from hvdl.loop import preemption, sync
 from hvdl.runlog import RunLog
 
 

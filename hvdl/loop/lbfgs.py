@@ -1,6 +1,6 @@
 """L-BFGS that every rank runs in lockstep, full-batch or per minibatch, without broadcasts.
 
-    from hvdl.lbfgs import minimize
+    from hvdl.loop.lbfgs import minimize
     report = minimize(params, objective, iterations=400, history=100)
 
 `objective()` returns the global cost (a 0-d tensor) and sets each parameter's `.grad` to the
@@ -118,7 +118,7 @@ class MinibatchLBFGS(torch.optim.Optimizer):
     The learning rate of the param groups is not used (the line search chooses the step).
     """
 
-    takes_closure = True  # engine.train_epoch hands it the batch's loss as a closure
+    takes_closure = True  # loop.train_epoch hands it the batch's loss as a closure
 
     def __init__(self, params: Any, *, iterations: int = 3, history: int = 10) -> None:
         super().__init__(params, {"lr": 1.0})

@@ -13,7 +13,7 @@ training", has the walk-through.
 
 Horovod's recipe (docs/elastic.rst), as used here for every family trained by minibatches
 alone, stage by stage (cnn, sae with sgd or adam, rbm, dbn and deep_ae: hvdl/config_rules.py,
-ELASTIC_FAMILIES); `engine.fit` hands a stage here when `elastic` is true:
+ELASTIC_FAMILIES); `loop.fit` hands a stage here when `elastic` is true:
 - `TorchState` holds the model, the optimizer and the position: `epoch`, `seen` (examples of
   the epoch done, over all ranks) and the global `step`. Every `commit_every` steps and at each
   epoch's end `commit()` copies it in memory and checks whether hosts changed.
@@ -29,13 +29,13 @@ ELASTIC_FAMILIES); `engine.fit` hands a stage here when `elastic` is true:
 - The interrupted epoch goes on from the same fraction of its examples; its order is drawn again
   for the new shards, so a few examples of that epoch are seen twice or not at all. Later epochs
   are whole. Checkpoints, the non-finite guard and SIGTERM/SIGUSR1 work as in static training
-  (hvdl/engine.py); when rank 0 leaves, the new rank 0 takes over the run folder, which must
+  (hvdl/loop/epochs.py); when rank 0 leaves, the new rank 0 takes over the run folder, which must
   then be on a file system every host sees.
 - Gradients are averaged every step by Horovod's DistributedOptimizer, whose hooks the state
   handlers know: `perf.sync average`, `perf.sync_every`, `perf.backward_passes_per_step` and
   `perf.compile` are refused for elastic runs (hvdl/config_rules.py, ELASTIC_PERF), and
   `perf.grad_sync` is always `hooks`. Each epoch goes through the static loop's `run_epoch`
-  (hvdl/engine.py); what is here is what is elastic: the world, the commits, the resets.
+  (hvdl/loop/epochs.py); what is here is what is elastic: the world, the commits, the resets.
 - No collective may run before the loop, since a joining worker would call it alone; hvdl.dist
   skips its start-up inventory and node-local barriers under the elastic controller.
 - Horovod 0.28.1 segfaults re-initialising after a reset when HOROVOD_FUSION_THRESHOLD and
@@ -54,13 +54,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hvdl import dist, engine, preemption, sync
-from hvdl.checkpointer import Checkpointer
+from hvdl import dist
 from hvdl.config import Config
 from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
+from hvdl.loop import epochs, preemption, sync
+from hvdl.loop.checkpointer import Checkpointer
+from hvdl.loop.schedule import Schedule
 from hvdl.runlog import RunLog
-from hvdl.schedule import Schedule
 
 
 @dataclass
@@ -70,7 +71,7 @@ class World:
     shards: Shards
     config: Config
     ctx: Context
-    stage: engine.Stage
+    stage: epochs.Stage
     tracked: Any = None  # the TorchState, once made
 
     @property
@@ -91,14 +92,14 @@ class World:
         """The schedule of a run at this world size, read where the run has got to."""
         steps = self.train.steps
         position = self.tracked.epoch * steps + self.start_batch()
-        return engine.make_schedule(self.stage, self.config, self.ctx.size, steps,
+        return epochs.make_schedule(self.stage, self.config, self.ctx.size, steps,
                                     offset=position - self.tracked.step)
 
 
-def fit(stage: engine.Stage, shards: Shards, config: Config, ctx: Context, run: RunLog,
+def fit(stage: epochs.Stage, shards: Shards, config: Config, ctx: Context, run: RunLog,
         state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """engine.fit under Horovod's elastic API: `shards` are dealt again after every reset."""
-    optimizer, at = engine.setup(stage, config, ctx, run, state, elastic=True)
+    """loop.fit under Horovod's elastic API: `shards` are dealt again after every reset."""
+    optimizer, at = epochs.setup(stage, config, ctx, run, state, elastic=True)
     ctx = dist.current(ctx)  # an earlier stage's workers may have come and gone
     shards.refresh(ctx)
     world = World(shards, config, ctx, stage)
@@ -125,9 +126,9 @@ def train_epochs(tracked: Any, world: World, saver: Checkpointer) -> dict[str, A
     while tracked.epoch < stage.epochs:
         # The new world's shards may have served this epoch's examples already: then it ends.
         start = min(world.start_batch(), world.train.steps)
-        final, at = engine.run_epoch(
+        final, at = epochs.run_epoch(
             stage, saver, world.train, world.schedule(),
-            engine.Position(tracked.epoch, start, tracked.step), size=world.ctx.size,
+            epochs.Position(tracked.epoch, start, tracked.step), size=world.ctx.size,
             after_step=partial(after_step, tracked, world, saver),
             more=lambda: {"ranks": world.ctx.size, "steps_an_epoch": world.train.steps,
                           # a worker that joined holds rank 0's model, not its own start

@@ -6,7 +6,7 @@
 Slurm sends SIGTERM at the time limit, on `scancel` and on preemption, and slurm/train.sh passes
 on the SIGUSR1 that `#SBATCH --signal=B:USR1@120` gives it two minutes before the limit, then
 requeues the job with `--resume auto`. The handler only notes the signal. The minibatch loop
-(hvdl/engine.py) asks `agreed(step)` after every step. A signal reaches the ranks at different
+(hvdl/loop/epochs.py) asks `agreed(step)` after every step. A signal reaches the ranks at different
 steps and they must all stop after the same one, so every `stop_check_every` steps each rank
 starts a background allreduce (max) of its note, one number on the CPU, and reads the previous
 one's result, which every rank reads at the same step. The loop never waits on the network for

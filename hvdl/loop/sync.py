@@ -4,7 +4,7 @@
     horovodrun -np 2 python -m hvdl.train --model lenet5 --perf.grad_sync hooks  # per-tensor
     horovodrun -np 2 python -m hvdl.train --model lenet5 --perf.sync average --perf.sync_every 4
 
-`wrap(optimizer, model, config)` returns the optimizer that `engine.fit` steps, chosen by
+`wrap(optimizer, model, config)` returns the optimizer that `loop.fit` steps, chosen by
 `config.perf`:
 
 - `sync = "allreduce"`, `grad_sync = "fused"` (default): `step()` copies every gradient into one

@@ -1,21 +1,7 @@
-"""The one training loop: every minibatch stage of every family runs through `fit`.
-
-    stage = Stage(name="train", model=model, epochs=3, lr=0.002, loss=F.cross_entropy)
-    final = engine.fit(stage, data.train, config, ctx, run, state=checkpoint_or_None)
-
-What differs between stages is handed to the loop: a loss for a backward step (classifiers,
-fine-tuning, the minibatch sparse autoencoder), minibatch L-BFGS, which asks for the batch's
-loss as a closure, or an `update` of the stage's own (CD-k writes its statistics into `.grad`
-and steps). Everything else lives here once: the Horovod recipe in order (the optimizer
-synchronised across ranks by sync.wrap, parameters and optimizer state broadcast from rank 0,
-the rate scaled by the world size after warm-up), the per-step rate, progress, TensorBoard,
-the NaN guard, checkpoints every `checkpoint_every` steps and after each epoch, the stop on
-SIGTERM/SIGUSR1, `max_steps`, resuming mid-epoch bit for bit, and evaluation after each epoch.
-`fit_full_batch` gives full-batch L-BFGS the same checkpoints, stop and NaN guard.
-
-The per-step loss stays on the device and is read every `log_every` steps, averaged over ranks:
-a non-finite loss on any rank, or non-finite weights at a checkpoint, stops every rank at the
-same step with NonFiniteLoss, and the last good checkpoint is never written over.
+"""A stage's epochs, for static and elastic training alike (hvdl/loop/__init__.py tells the
+whole loop): the `Stage`, its optimizer set up and restored (`setup`), one epoch of steps
+(`train_epoch`), one epoch with its record, evaluation and checkpoint (`run_epoch`, `end_epoch`),
+the epochs of a static run (`run_stage`), and `once`, a stage of a sequence trained once.
 """
 
 from __future__ import annotations
@@ -28,16 +14,15 @@ from typing import Any, Callable
 
 import torch
 
-from hvdl import checkpoint, dist, lbfgs, metrics, preemption, sync
-from hvdl.checkpointer import Checkpointer, NonFiniteLoss, RankState, restore, resume_point
+from hvdl import checkpoint, dist, metrics
 from hvdl.config import Config
-from hvdl.data.shard import Shard, Shards
+from hvdl.data.shard import Shard
 from hvdl.dist import Context
 from hvdl.host import seconds_since_start
+from hvdl.loop import preemption, sync
+from hvdl.loop.checkpointer import Checkpointer, NonFiniteLoss, RankState, restore
+from hvdl.loop.schedule import Schedule, make_optimizer, set_lr
 from hvdl.runlog import RunLog
-from hvdl.schedule import Schedule, make_optimizer, set_lr
-
-__all__ = ["NonFiniteLoss", "Stage", "fit", "fit_full_batch", "once", "train_epoch"]
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 Update = Callable[[torch.optim.Optimizer, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -164,31 +149,6 @@ def once(name: str, model: torch.nn.Module, state: dict[str, Any] | None, run: R
     return report
 
 
-def fit(stage: Stage, shards: Shards | Shard, config: Config, ctx: Context, run: RunLog,
-        state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train `stage` for its epochs data-parallel; evaluate and checkpoint after each epoch.
-
-    `state` (a checkpoint of this stage) resumes at its epoch and batch with its RNG and rank
-    states: the resumed run ends with the weights of an uninterrupted one. With `elastic` the
-    loop runs under Horovod's elastic API (hvdl/elastic.py), dealing `shards` again as workers
-    come and go. Returns the last epoch's record.
-    """
-    shards = shards if isinstance(shards, Shards) else Shards(shards)
-    state = stage_state(stage.name, state)
-    if config.elastic:
-        from hvdl import elastic  # Horovod's elastic API, only for elastic runs
-
-        return elastic.fit(stage, shards, config, ctx, run, state=state)
-    shard = shards.train
-    epoch, batch = resume_point(state)
-    if epoch < stage.epochs:
-        shard.prefetch(epoch, batch)  # a streamed shard reads while the rest is set up
-    try:
-        return run_stage(stage, shard, state, config, ctx, run)
-    finally:
-        shard.close()  # its reader stops reading ahead: the next stage reads its own shard
-
-
 @dataclass(frozen=True)
 class Position:
     """Where a stage has got to: `batch` batches into epoch `epoch`, global step `step`."""
@@ -311,41 +271,3 @@ def epoch_line(name: str, cost_name: str, entry: dict[str, Any]) -> str:
         if value is not None:
             line += f", {words} {fmt.format(value)}"
     return line
-
-
-def fit_full_batch(name: str, model: torch.nn.Module, objective: lbfgs.Objective, *,
-                   iterations: int, config: Config, ctx: Context, run: RunLog,
-                   state: dict[str, Any] | None = None, history: int = 100,
-                   chunk: int = 50, on_chunk: Callable[[int, float], None] | None = None,
-                   carry: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Full-batch L-BFGS on `objective` (the same step on every rank: hvdl/lbfgs.py), in chunks of
-    `chunk` iterations; after each chunk the NaN guard, a checkpoint every `checkpoint_every`
-    iterations and the agreed stop; resumed from `state` bit for bit."""
-    params = list(model.parameters())
-    optimizer = lbfgs.full_batch_optimizer(params, history=history, chunk=chunk)
-    state = stage_state(name, state)
-    _, _, done = restore(model, optimizer, state, ctx)
-    if state is not None:  # the run's step where this stage began
-        run.steps_before = state.get("offset", 0)
-    if state is not None and (done >= iterations or state.get("converged")):
-        run.steps_before += done
-        return dict(state.get("report", {}))
-    with preemption.StopSignal(every=1) as stop:  # agree at every chunk's end
-        saver = Checkpointer(name, model, optimizer, config, run, stop, steps=0, saved_at=done)
-
-        def after_chunk(now: int, cost: float) -> None:
-            if not math.isfinite(cost):  # the global cost: every rank sees the same
-                raise NonFiniteLoss(f"{name} cost became {cost} at iteration {now}; lower "
-                                    "the weight decay or check the data")
-            if on_chunk is not None:
-                on_chunk(now, cost)
-            saver.extra = {"stages": carry()} if carry else {}
-            saver.after_step(0, now)  # a checkpoint when due; save and stop on a signal
-
-        report = lbfgs.minimize(params, objective, iterations=iterations, optimizer=optimizer,
-                                start=done, on_chunk=after_chunk)
-        saver.extra = {"stages": carry()} if carry else {}
-        saver.extra.update(converged=report["converged"], report=report)
-        saver.save(0, report["iterations"])  # the stage's end: a resume goes on after it
-    run.steps_before += report["iterations"]
-    return report
