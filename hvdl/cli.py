@@ -6,7 +6,7 @@ and the option listings every command's `--help` prints, generated from hvdl/con
     hvdl train --model dbn_small --print-config   # the resolved config, nothing run
     hvdl train --model lenet5 --epochs 3      # same as python -m hvdl.train ...
     hvdl fetch mnist --data-dir data
-    hvdl data inspect train.csv --label y     # same as python -m hvdl.data.tool inspect ...
+    hvdl data inspect train.csv --label y     # same as python -m hvdl.data.convert inspect ...
     hvdl bench --ranks 1 2
 """
 
@@ -25,7 +25,7 @@ COMMANDS = {  # command: (module, what it does)
     "train": ("hvdl.train", "train a model from a recipe, data-parallel"),
     "eval": ("hvdl.evaluate", "evaluate a checkpoint on its test split or other data"),
     "encode": ("hvdl.encode", "write a hidden layer's codes of a dataset, in parts"),
-    "data": ("hvdl.data.tool", "inspect a dataset, or convert it to another format"),
+    "data": ("hvdl.data.convert", "inspect a dataset, or convert it to another format"),
     "bench": ("hvdl.bench.suite", "measure hvdl against plain PyTorch and DDP"),
     "report": ("hvdl.report", "summarise run folders as Markdown"),
     "fetch": ("hvdl.fetch", "download a dataset, checking its MD5 sums"),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from hvdl.data import mnist
+from hvdl.data.formats import mnist
 from hvdl.errors import ArgumentParser
 
 # The standard MNIST mirrors, in the order torchvision tries them.

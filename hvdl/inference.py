@@ -16,8 +16,8 @@ import torch
 
 from hvdl import dist, metrics
 from hvdl.data import dataset
+from hvdl.data.convert.writers import Layout, open_writer
 from hvdl.data.shard import Shard
-from hvdl.data.writers import Layout, open_writer
 from hvdl.errors import BadInput
 from hvdl.families import Trained, in_model_type, with_overrides
 from hvdl.models.pca import squared_error

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hvdl.data.mnist import load_mnist, resolve_data_dir
+from hvdl.data.formats.mnist import load_mnist, resolve_data_dir
 
 
 def main() -> int:

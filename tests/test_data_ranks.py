@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from hvdl import config as configlib
-from hvdl.data import chunks, idx
-from hvdl.data.mnist import load_mnist, resolve_data_dir
-from hvdl.data.tool import main as tool
+from hvdl.data import chunks
+from hvdl.data.convert import main as tool
+from hvdl.data.formats import idx
+from hvdl.data.formats.mnist import load_mnist, resolve_data_dir
 from hvdl.dist import Context
 from hvdl.trainers.cnn import build_classifier
 from procs import ROOT, check_job, run_job

@@ -68,7 +68,7 @@ def newest_checkpoint(results):
 def digits(tmp_path_factory):
     """Options that train on 4,000 MNIST training images and test on 500, as NumPy files: the
     same digits as the bundled MNIST, read and evaluated in a fraction of its time."""
-    from hvdl.data.mnist import load_mnist, resolve_data_dir
+    from hvdl.data.formats.mnist import load_mnist, resolve_data_dir
 
     folder = tmp_path_factory.mktemp("digits")
     options = []

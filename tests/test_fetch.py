@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from hvdl import fetch
-from hvdl.data import mnist
-from hvdl.data.idx import write_idx
+from hvdl.data.formats import mnist
+from hvdl.data.formats.idx import write_idx
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):

@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from hvdl.data import chunks, idx
+from hvdl.data import chunks
 from hvdl.data.chunks import Piece
-from hvdl.data.source import DataError, Spec, decompress, open_source
-from hvdl.data.tool import main as tool
+from hvdl.data.convert import main as tool
+from hvdl.data.formats import idx, open_source
+from hvdl.data.formats.base import DataError, Spec, decompress
 
 ROWS, FEATURES = 53, 6
 

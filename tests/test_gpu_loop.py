@@ -115,7 +115,7 @@ def emulate_syncs(check: SyncCheck, monkeypatch) -> None:
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> dict[str, dict[str, str]]:
     """{"labelled"/"unlabelled": data options} for 600 MNIST training and 200 test digits."""
-    from hvdl.data.mnist import load_mnist, resolve_data_dir
+    from hvdl.data.formats.mnist import load_mnist, resolve_data_dir
 
     folder = tmp_path_factory.mktemp("digits")
     for split, rows in (("train", ROWS), ("test", TEST_ROWS)):

@@ -1,4 +1,5 @@
-"""Tests for the IDX reader and writer and the MNIST loader (hvdl.data.idx, hvdl.data.mnist)."""
+"""Tests for the IDX reader and writer and the MNIST loader (hvdl/data/formats/idx.py and
+mnist.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hvdl.data.idx import IdxError, read_idx, write_idx
-from hvdl.data.mnist import FILES, MissingDataError, load_mnist, resolve_data_dir
+from hvdl.data.formats.idx import IdxError, read_idx, write_idx
+from hvdl.data.formats.mnist import FILES, MissingDataError, load_mnist, resolve_data_dir
 from hvdl.errors import BadInput
 
 DTYPES = ["uint8", "int8", "int16", "int32", "float32", "float64"]

@@ -41,7 +41,8 @@ def worker(spec_path: str, out_dir: str) -> int:
 
     from hvdl import config as configlib
     from hvdl import dist, host
-    from hvdl.data import arrays, dataset, delimited, images, parquet, splits  # noqa: F401
+    from hvdl.data import dataset, plan
+    from hvdl.data.formats import arrays, delimited, images, parquet  # noqa: F401
 
     Image.init()
     host.rss_mb()
@@ -49,7 +50,7 @@ def worker(spec_path: str, out_dir: str) -> int:
 
     def count_records(source, sharing):  # the CSV's first pass, measured apart
         before = rchar()
-        splits.count_records(source, sharing)
+        plan.count_records(source, sharing)
         counted.update(bytes=rchar() - before, source=source)
 
     dataset.count_records = count_records
@@ -66,13 +67,13 @@ def worker(spec_path: str, out_dir: str) -> int:
         shard, source = data.train, counted["source"]
         mine = data.info["shards"][ctx.rank]["pieces"]
         touched = []  # the CSV splits that hold this rank's rows: (bytes) each
-        for i, (file, begin, end) in enumerate(getattr(source, "splits", [])):
+        for i, (file, begin, end) in enumerate(source.splits):
             lo, hi = source.first_row[i], source.first_row[i] + source.counts[i][0]
             if any(f == file and a < hi and b > lo for f, a, b in mine):
                 touched.append(end - begin)
         found[name] = {
             "read": read, "counting": counted["bytes"], "touched": touched,
-            "splits": len(getattr(source, "splits", [])), "rows": len(shard),
+            "splits": len(source.splits), "rows": len(shard),
             "held": shard.held, "features": data.features, "budget_mb": data.info["budget_mb"],
             "resident": shard.x.nbytes + shard.y.nbytes if shard.held else 0}
     (Path(out_dir) / f"rank{ctx.rank}.json").write_text(json.dumps(found))

@@ -274,7 +274,7 @@ def test_eval_on_two_ranks_equals_one_process(tmp_path, trained, family):
 def baseline_errors():
     """(always predicting MNIST's mean test image, predicting zeros): the average squared error
     per example on MNIST's test set, pixels / 255 as the runs read them."""
-    from hvdl.data.mnist import load_mnist, resolve_data_dir
+    from hvdl.data.formats.mnist import load_mnist, resolve_data_dir
 
     x = load_mnist(resolve_data_dir(), "test")[0].reshape(10000, -1) / 255.0  # (10000, 784)
     return float(((x - x.mean(0)) ** 2).sum(1).mean()), float((x ** 2).sum(1).mean())
@@ -306,7 +306,7 @@ def test_encode_writes_every_row_once_in_file_order(tmp_path, trained, family):
 
 
 def mnist_train():
-    from hvdl.data.mnist import load_mnist, resolve_data_dir
+    from hvdl.data.formats.mnist import load_mnist, resolve_data_dir
 
     return load_mnist(resolve_data_dir(), "train")
 

@@ -1,7 +1,7 @@
-"""`python -m hvdl.data inspect|convert ...`: the same as `hvdl data ...` (hvdl/data/tool.py)."""
+"""`python -m hvdl.data inspect|convert ...`: the same as `hvdl data ...` (hvdl/data/convert/)."""
 
 import sys
 
-from hvdl.data.tool import main
+from hvdl.data.convert import main
 
 sys.exit(main())

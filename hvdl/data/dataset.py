@@ -6,7 +6,7 @@
 In order, on every rank: open the split(s) (`data.format`, `data.path`, `data.test_path`;
 MNIST and natural-image patches are datasets like any other); count a CSV's records (the ranks
 share the splits); cut, permute, hold out and deal the chunks (hvdl/data/chunks.py); survey this
-rank's pieces: check them, count labels, gather moments (hvdl/data/prepare.py); agree on the
+rank's pieces: check them, count labels, gather moments (hvdl/data/survey.py); agree on the
 class vocabulary and the normalisation over all ranks; hold the shard on the device if it fits
 `data.budget_mb`, else stream it (`data.memory`, hvdl/data/stream.py). A bad input found by any
 rank is raised on every rank, so rank 0 prints it and all exit together. The run folder gets
@@ -16,7 +16,7 @@ normalisation, so `given` (a checkpoint's record) reads new data exactly as trai
 
 Under elastic training no collective may run outside Horovod's elastic loop, so each rank then
 surveys all of the training data itself (and reaches the same figures); the dealing follows the
-world size as usual. Opening and planning are in hvdl/data/splits.py, the record in
+world size as usual. Opening and planning are in hvdl/data/plan.py, the record in
 hvdl/data/record.py.
 """
 
@@ -32,10 +32,24 @@ import torch
 
 from hvdl import host
 from hvdl.config import Config, ConfigError
-from hvdl.data import chunks
+from hvdl.data import chunks, formats
 from hvdl.data.chunks import Order, Piece
-from hvdl.data.patches import PatchSource
-from hvdl.data.prepare import (
+from hvdl.data.formats.base import DataError, Source, default_cache
+from hvdl.data.plan import (
+    Plan,
+    Sharing,
+    announce_copies,
+    check_sizes,
+    count_records,
+    node_copies,
+    plan,
+    served_shape,
+    stored_shape,
+)
+from hvdl.data.record import record, startup_line
+from hvdl.data.shard import DeviceShard, Shard, Shards
+from hvdl.data.stream import StreamShard
+from hvdl.data.survey import (
     Classes,
     Scale,
     Survey,
@@ -46,22 +60,6 @@ from hvdl.data.prepare import (
     survey,
     vocabulary,
 )
-from hvdl.data.record import record, startup_line
-from hvdl.data.shard import DeviceShard, Shard, Shards
-from hvdl.data.source import DataError, Source, default_cache
-from hvdl.data.splits import (
-    Plan,
-    Sharing,
-    announce_copies,
-    check_sizes,
-    count_records,
-    node_copies,
-    open_splits,
-    plan,
-    served_shape,
-    stored_shape,
-)
-from hvdl.data.stream import StreamShard
 from hvdl.dist import Context
 
 EVAL_BATCH = 1000  # rows per evaluation batch
@@ -174,7 +172,7 @@ def open_data(config: Config, ctx: Context, sharing: Sharing, labels: bool,
     spec = config.data
     cache, made = Path(spec.cache_dir) if spec.cache_dir else default_cache(), []
     train, test = sharing.agree(
-        lambda: open_splits(config, node_copies(ctx, sharing, cache, made)), "data.open")
+        lambda: formats.open_splits(config, node_copies(ctx, sharing, cache, made)), "data.open")
     announce_copies(ctx, made, cache)
     for source in (train, test):
         if source is not None:
@@ -219,10 +217,9 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
         check_sizes(n_train, ctx, config.batch_size)
     mine = chunks.deal(p.train, ctx.rank, ctx.size) if "train" in splits else []
     mine_test = chunks.deal(p.test, ctx.rank, ctx.size) if "test" in splits and p.test else []
-    if isinstance(source, PatchSource):  # its normalisation spans every drawn patch
-        every = (chunks.deal(p.train, ctx.rank, ctx.size) + chunks.deal(p.test, ctx.rank, ctx.size)
-                 if sharing.collective else p.train + p.test)
-        source.prepare(every, sharing.reduce_sum)
+    every = (chunks.deal(p.train, ctx.rank, ctx.size) + chunks.deal(p.test, ctx.rank, ctx.size)
+             if sharing.collective else p.train + p.test)
+    source.prepare(every, sharing.reduce_sum)  # patches: a normalisation over every one drawn
     hold = decide(config, ctx, sharing, chunks.total(mine) * features * 4, held)
     train = Split(source, mine, p.train, hold)
     test = Split(p.test_source, mine_test, p.test, hold and decide(

@@ -7,10 +7,11 @@ from typing import Any
 
 from hvdl.config import Config
 from hvdl.data import chunks
-from hvdl.data.patches import PatchSource
-from hvdl.data.prepare import Classes, Scale, Survey
-from hvdl.data.source import Source, fingerprint
-from hvdl.data.splits import Plan, data_format
+from hvdl.data.formats import data_format
+from hvdl.data.formats.base import Source, fingerprint
+from hvdl.data.formats.patches import PatchSource
+from hvdl.data.plan import Plan
+from hvdl.data.survey import Classes, Scale, Survey
 from hvdl.dist import Context
 
 

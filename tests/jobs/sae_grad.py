@@ -19,7 +19,7 @@ import torch
 
 from hvdl import dist
 from hvdl.data import chunks
-from hvdl.data.patches import normalize_patches
+from hvdl.data.formats.patches import normalize_patches
 from hvdl.models import autoencoder as ae
 from hvdl.trainers.autoencoder import make_reduce
 

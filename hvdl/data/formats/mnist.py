@@ -1,6 +1,6 @@
 """The MNIST database of handwritten digits, loaded from its four IDX files.
 
-    from hvdl.data.mnist import load_mnist, resolve_data_dir
+    from hvdl.data.formats.mnist import load_mnist, resolve_data_dir
     images, labels = load_mnist(resolve_data_dir(), "train")   # uint8 (60000, 28, 28), (60000,)
 
 Reference: Y. LeCun, C. Cortes, C. J. C. Burges, "The MNIST database of handwritten digits",
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hvdl.data.arrays import IdxSource, idx_rows
 from hvdl.data.chunks import Piece
-from hvdl.data.idx import IdxError, read_idx
-from hvdl.data.source import Local, Spec
+from hvdl.data.formats.arrays import IdxSource, idx_rows
+from hvdl.data.formats.base import Local, Spec
+from hvdl.data.formats.idx import IdxError, read_idx
 from hvdl.errors import BadInput
 
 # split -> (images file, labels file), as published.

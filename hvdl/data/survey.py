@@ -29,7 +29,7 @@ import torch
 
 from hvdl.data import chunks
 from hvdl.data.chunks import Piece
-from hvdl.data.source import DataError, Source
+from hvdl.data.formats.base import DataError, Source
 
 
 def groups(shape: tuple[int, ...]) -> tuple[int, int]:

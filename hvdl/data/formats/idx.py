@@ -1,6 +1,6 @@
 """Read and write IDX files, the format of the MNIST database.
 
-    from hvdl.data.idx import read_idx
+    from hvdl.data.formats.idx import read_idx
     images = read_idx("data/mnist/train-images-idx3-ubyte.gz")   # uint8 (60000, 28, 28)
 
 Format (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"): a 4-byte magic number

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hvdl.data import chunks, mnist
-from hvdl.data.prepare import label_keys, vocabulary
-from hvdl.data.source import FILE_FORMATS, DataError, Source, Spec, format_of, open_source
-from hvdl.data.writers import Layout, label_path, open_writer
+from hvdl.data import chunks
+from hvdl.data.convert.writers import Layout, label_path, open_writer
+from hvdl.data.formats import mnist, open_source
+from hvdl.data.formats.base import FILE_FORMATS, DataError, Source, Spec, format_of
+from hvdl.data.survey import label_keys, vocabulary
 from hvdl.errors import ArgumentParser, BadInput
 
 
@@ -61,14 +62,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def open_alone(args: argparse.Namespace) -> Source:
     """The dataset opened in this one process, a CSV's records counted."""
     if args.format == "mnist":
-        from hvdl.data.source import decompress, default_cache
+        from hvdl.data.formats.base import decompress, default_cache
 
         return mnist.open_split(Path(args.path), args.split,
                                 lambda p: decompress(p, default_cache()))
     features = tuple(f for f in args.features.split(",") if f)
     source = open_source(Spec(format=args.format, path=args.path, label=args.label,
                               features=features), split_mb=args.chunk_mb)
-    if hasattr(source, "splits"):
+    if source.splits:
         source.set_counts([source.count(i) for i in range(len(source.splits))])
     return source
 

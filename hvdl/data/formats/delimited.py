@@ -7,7 +7,7 @@ byte ranges (`splits` of data.chunk_mb) aligned to line starts as Hadoop's input
 split's records are the lines that begin in it, so every line belongs to exactly one split and a
 reader needs only a seek. Records therefore may not span lines (a quoted field holding a line
 break is refused). How many records a split holds is only known by parsing it, so the ranks
-first count the splits between them (hvdl/data/splits.py); then each parses just the splits
+first count the splits between them (hvdl/data/plan.py); then each parses just the splits
 that hold its rows. Parsing is pyarrow's; a cell pyarrow refuses is located again line by line,
 to name the file, line and column.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.source import (
+from hvdl.data.formats.base import (
     DataError,
     Local,
     Source,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.source import DataError, Source, Spec
+from hvdl.data.formats.base import DataError, Source, Spec
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hvdl.data import idx
-from hvdl.data.source import DataError
+from hvdl.data.formats import idx
+from hvdl.data.formats.base import DataError
 
 LABEL_COLUMN = "label"
 

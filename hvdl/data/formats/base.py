@@ -1,14 +1,14 @@
 """A dataset on disk: its files, its format, and what every format's reader provides.
 
-    source = open_source(Spec(format="csv", path="data/*.csv", label="digit"))
+    source = formats.open_source(Spec(format="csv", path="data/*.csv", label="digit"))
     x, y = source.read(Piece(file=0, start=0, stop=100))   # rows 0..99 of the first file
 
 A `Source` is one split (training or test) in one format: a sorted list of files, the rows in
 each, the stored shape of one example, and `read(piece)`, which decodes only the rows asked for
 (x as (k, features) in the stored numeric type, the raw labels or None). The readers live beside
-this module: arrays.py (npy, idx, hdf5), delimited.py (csv), parquet.py, images.py (image folders),
-patches.py (natural-image patches). Files are matched by `Spec.path`: a file, a folder or a glob
-(`**` recurses); the format comes from their names when `Spec.format` is empty.
+this module and import only it; the table of formats is hvdl/data/formats/__init__.py. Files are
+matched by `Spec.path`: a file, a folder or a glob (`**` recurses); the format comes from their
+names when `Spec.format` is empty.
 
 A gzip file cannot be read in parts, so it is decompressed once: `open_source`'s `local` maps it
 to a decompressed copy (hvdl/data/dataset.py makes one per node, by local rank 0, in
@@ -92,6 +92,21 @@ class Source:
 
     def advise(self, piece: Piece) -> None:
         """`piece` will be read soon: formats stored as plain blocks let the kernel read ahead."""
+
+    # Parts whose records the ranks count between them before any plan (a CSV's byte ranges:
+    # `count(i)` each, then `set_counts`); formats that know their rows have none.
+    splits: tuple | list = ()
+
+    def count(self, i: int) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def set_counts(self, counts: list[tuple[int, int]]) -> None:
+        raise NotImplementedError
+
+    def prepare(self, pieces: list[Piece], reduce_sum: Callable[[Any], Any]) -> None:
+        """Fit what reading needs over every rank's pieces (`reduce_sum`: a sum over ranks)
+        before any row is read; natural-image patches fit their normalisation, files need
+        nothing."""
 
     def feature_names(self) -> list[str]:
         """A name per feature: the columns of a table, else f0, f1, ..."""
@@ -245,26 +260,6 @@ def decompress(path: Path, folder: Path) -> Path:
 
 def default_cache() -> Path:
     return Path(tempfile.gettempdir()) / "hvdl-cache"
-
-
-def open_source(spec: Spec, *, local: Local | None = None, **options: Any) -> Source:
-    """The reader for `spec`; `local` gives gzip files a decompressed copy (default: here)."""
-    from hvdl.data import arrays, delimited, images, parquet
-
-    local = local or (lambda p: decompress(p, default_cache()))
-    files = expand(spec.path)
-    fmt = spec.format or infer_format(files, spec.path)
-    if fmt not in FILE_FORMATS:
-        raise DataError(f"config key 'data.format' is {fmt!r} for files; allowed: "
-                        f"{', '.join(FILE_FORMATS)}")
-    files = of_format(files, fmt)
-    if not files:
-        raise DataError(f"data.path {spec.path}: no {fmt} files there; allowed: a folder or glob "
-                        f"of {fmt} files")
-    readers = {"npy": arrays.NpySource, "idx": arrays.IdxSource, "hdf5": arrays.Hdf5Source,
-               "csv": delimited.CsvSource, "parquet": parquet.ParquetSource,
-               "images": images.ImageSource}
-    return readers[fmt](files, spec, local=local, **options)
 
 
 def check_readable(path: Path) -> None:

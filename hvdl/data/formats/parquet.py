@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.source import DataError, Source, Spec, check_readable, pick_columns
+from hvdl.data.formats.base import DataError, Source, Spec, check_readable, pick_columns
 
 
 class ParquetSource(Source):

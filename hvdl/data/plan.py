@@ -1,16 +1,16 @@
-"""Opening a dataset's splits and planning who reads what: the steps before any row is read.
+"""Planning who reads what: the steps between opening a dataset and reading its first row.
 
-`open_splits` opens the training and test sources the config names (a gzip file decompressed
-once per node, `node_copies`); `count_records` has the ranks count a CSV's records between them;
-`plan` cuts, permutes and holds out the chunks (hvdl/data/chunks.py). `Sharing` is how the ranks
-share this work: by collectives, or, under elastic training, where no collective may run outside
+`node_copies` gives the readers (hvdl/data/formats/) a gzip file's copy decompressed once per
+node; `count_records` has the ranks count a CSV's records between them; `plan` cuts, permutes
+and holds out the chunks (hvdl/data/chunks.py); `check_sizes`, `stored_shape` and
+`served_shape` check the plan against the batch and the model. `Sharing` is how the ranks share
+this work: by collectives, or, under elastic training, where no collective may run outside
 Horovod's elastic loop, each rank on its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +21,9 @@ import torch
 
 from hvdl import dist
 from hvdl.config import Config, ConfigError
-from hvdl.data import chunks, mnist
+from hvdl.data import chunks
 from hvdl.data.chunks import Piece
-from hvdl.data.patches import PatchSource
-from hvdl.data.source import DataError, Source, Spec, decompress, decompressed, open_source
+from hvdl.data.formats.base import DataError, Source, decompress, decompressed
 from hvdl.dist import Context
 from hvdl.errors import BadInput
 
@@ -58,35 +57,6 @@ class Sharing:
         return dist.all_ranks(flag, name=name) if self.collective else flag
 
 
-def data_format(config: Config) -> str:
-    """data.format, or mnist when neither a format nor a path is given (inferred otherwise)."""
-    return config.data.format or ("" if config.data.path else "mnist")
-
-
-def open_splits(config: Config, local: Callable[[Path], Path]) -> tuple[Source, Source | None]:
-    """(training source, test source or None) as the config describes them."""
-    spec, fmt = config.data, data_format(config)
-    if fmt == "mnist":
-        folder = mnist.resolve_data_dir(spec.path or config.data_dir)
-        return mnist.open_split(folder, "train", local), mnist.open_split(folder, "test", local)
-    if fmt == "patches":
-        p = config.patches
-        return PatchSource(p.source, count=p.count, size=p.size, seed=config.seed,
-                           zca_epsilon=p.zca_epsilon if p.zca else None), None
-    files = Spec(format=fmt, path=spec.path, label=spec.label, features=spec.features)
-    train = open_source(files, local=local, split_mb=spec.chunk_mb)
-    test = None
-    if spec.test_path:
-        test = open_source(dataclasses.replace(files, path=spec.test_path,
-                                               label=spec.test_label or spec.label,
-                                               format=fmt or train.format),
-                           local=local, split_mb=spec.chunk_mb)
-        if test.features != train.features:
-            raise DataError(f"data.test_path {spec.test_path} has {test.features} features per "
-                            f"row, the training data {train.features}; allowed: the same layout")
-    return train, test
-
-
 def node_copies(ctx: Context, sharing: Sharing, folder: Path,
                 made: list[tuple[str, bool]]) -> Callable[[Path], Path]:
     """A gzip file's decompressed copy, made once per node by its local rank 0."""
@@ -102,7 +72,7 @@ def node_copies(ctx: Context, sharing: Sharing, folder: Path,
 
 def count_records(source: Source, sharing: Sharing) -> None:
     """A CSV's records per split, each split counted by one rank; a no-op for other formats."""
-    if not hasattr(source, "splits"):
+    if not source.splits:
         return
     ctx = sharing.ctx
     mine = range(ctx.rank, len(source.splits), ctx.size) if sharing.collective \

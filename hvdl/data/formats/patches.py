@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from hvdl.data.chunks import Piece
-from hvdl.data.source import DataError, Source
+from hvdl.data.formats.base import DataError, Source
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor over ranks
 
