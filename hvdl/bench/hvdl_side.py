@@ -90,7 +90,7 @@ def epoch_of(stage: loop.Stage, schedule: Schedule, run: RunLog, config: Config,
              optimizer: torch.optim.Optimizer, shard: DeviceShard, epoch: int) -> None:
     """One epoch of the stage through hvdl's training loop."""
     loop.train_epoch(stage, optimizer, shard, schedule, epoch=epoch, step=0, run=run,
-                       config=config)
+                     config=config)
 
 
 def hvdl_main(args: argparse.Namespace) -> dict[str, Any] | None:

@@ -87,9 +87,9 @@ def lbfgs_sparse(model: ae.SparseAutoencoder, x: torch.Tensor, config: Config, c
 
     every = config.filters_every or config.log_every
     return loop.fit_full_batch(name, model, objective, iterations=sae.lbfgs_iterations,
-                                 config=config, ctx=ctx, run=run, state=state,
-                                 history=sae.lbfgs_history, chunk=min(config.log_every, every),
-                                 on_chunk=on_chunk, carry=carry)
+                               config=config, ctx=ctx, run=run, state=state,
+                               history=sae.lbfgs_history, chunk=min(config.log_every, every),
+                               on_chunk=on_chunk, carry=carry)
 
 
 def minibatch_sparse(model: ae.SparseAutoencoder, shards: Shards, config: Config,
@@ -107,7 +107,7 @@ def minibatch_sparse(model: ae.SparseAutoencoder, shards: Shards, config: Config
             draw_filters(run, f"{name}/filters", model.encoder.weight, shape, step)
 
     stage = loop.Stage(name=name, model=model, loss=loss, epochs=config.epochs, lr=config.lr,
-                         after_step=after_step, carry=carry)
+                       after_step=after_step, carry=carry)
     final = loop.fit(stage, shards, config, ctx, run, state=state)
     return {"epochs": final.get("epoch", 0), "steps": final.get("step", 0)}
 
@@ -200,10 +200,10 @@ def train_classifier(net: nn.Module, shard: DeviceShard, config: Config, ctx: Co
             return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing) \
                 + 0.5 * lam * (softmax.weight ** 2).sum()
         stage = loop.Stage(name=name, model=net, loss=loss, epochs=iterations, lr=config.lr,
-                             evaluate=evaluate, carry=carry)
+                           evaluate=evaluate, carry=carry)
         final = loop.fit(stage, shard.rebatched(config.batch_size),
-                           dataclasses.replace(config, optimizer=optimizer), ctx, run,
-                           state=state)
+                         dataclasses.replace(config, optimizer=optimizer), ctx, run,
+                         state=state)
         report = {k: v for k, v in final.items() if k != "test"}  # final is in the history
     return {**report, "seconds": time.perf_counter() - started,
             "parameters": sync.agreement(net, f"{name}.agree")}

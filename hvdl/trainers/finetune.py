@@ -51,14 +51,14 @@ def finetune_classifier(rbms: list[RBM], shards: Shards, config: Config, ctx: Co
             for p in lower:
                 p.requires_grad_(False)
             loop.fit(stage("finetune_top", config.rbm.top_epochs), shards, config, ctx, run,
-                       state=state)
+                     state=state)
             for p in lower:
                 p.requires_grad_(True)
 
         loop.once("finetune_top", model, state, run, config, train_top, kept=lambda: None)
         done["finetune_top"] = model.state_dict()
     final = loop.fit(stage("finetune", config.rbm.finetune_epochs), shards, config, ctx, run,
-                       state=state)
+                     state=state)
     checkpoint.save_stage(run, "finetune", model, config)
     test = final.get("test", {})
     for line in classification_report(test):
@@ -101,9 +101,9 @@ def finetune_autoencoder(rbms: list[RBM], shards: Shards, config: Config, ctx: C
     before = test_reconstruction(model, held())["squared_error"]
     run.print(f"unrolled autoencoder before fine-tuning: test squared error {before:.3f}")
     stage = loop.Stage(name="finetune", model=model, loss=rbm_models.reconstruction_loss,
-                         epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
-                         evaluate=lambda: test_reconstruction(model, held()),
-                         carry=lambda: dict(done or {}))
+                       epochs=config.rbm.finetune_epochs, lr=config.rbm.finetune_lr,
+                       evaluate=lambda: test_reconstruction(model, held()),
+                       carry=lambda: dict(done or {}))
     final = loop.fit(stage, shards, config, ctx, run, state=state)
     train_shard, test_shard = shards.train, held()
     checkpoint.save_stage(run, "finetune", model, config)

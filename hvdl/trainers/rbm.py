@@ -175,7 +175,7 @@ def pretrain(rbms: list[RBM], shards: Shards, config: Config, ctx: Context, run:
             return final
 
         finals.append(loop.once(name, rbm, state, run, config, train,
-                                  kept=lambda: run.metrics.get(name, [{}])[-1]))
+                                kept=lambda: run.metrics.get(name, [{}])[-1]))
         if i < len(rbms):  # the next RBM's data: this one's hidden probabilities E[h | v]
             shards = shards.mapped(rbm.hidden_mean)
     return finals
