@@ -194,6 +194,24 @@ def split_shard(split: Split, found: tuple[Survey, torch.Tensor | None, list], s
         shape=shape, ctx=sharing.ctx), "data.build")
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the caller asks of `load` besides the config (see `load`)."""
+
+    labels: bool = False
+    images: bool = False
+    held: bool = False
+    given: dict[str, Any] | None = None
+    splits: tuple[str, ...] = ("train", "test")
+
+    @property
+    def whole(self) -> bool:
+        return "all" in self.splits
+
+    def wants(self, split: str) -> bool:
+        return split in self.splits or (split == "train" and self.whole)
+
+
 def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
          images: bool = False, held: bool = False, given: dict[str, Any] | None = None,
          splits: tuple[str, ...] = ("train", "test")) -> Data:
@@ -203,70 +221,103 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
     whole shard in memory (full-batch training); given: a checkpoint's data record, whose
     classes and normalisation are used instead of new ones; splits: which shards to build,
     "train" and "test", or "all": every row of data.path in file order, nothing held out, as
-    the training shard in storage order (what `hvdl encode` reads).
+    the training shard in storage order (what `hvdl encode` reads). With `run`, the record goes
+    to the run folder's data.json and its start-up line to the console.
     """
     started, rss_before = time.perf_counter(), host.rss_mb()
-    sharing, spec = Sharing(ctx), config.data
-    whole = "all" in splits
-    splits = ("train",) if whole else splits
-    source, p = open_data(config, ctx, sharing, labels, whole)
+    want, sharing = Request(labels, images, held, given, splits), Sharing(ctx)
+    source, p = open_data(config, ctx, sharing, labels, want.whole)
     layout = stored_shape(config, source)
-    shape, features = served_shape(layout, images), source.features
-    n_train = chunks.total(p.train)
-    if "train" in splits and not whole:
-        check_sizes(n_train, ctx, config.batch_size)
-    mine = chunks.deal(p.train, ctx.rank, ctx.size) if "train" in splits else []
-    mine_test = chunks.deal(p.test, ctx.rank, ctx.size) if "test" in splits and p.test else []
-    every = (chunks.deal(p.train, ctx.rank, ctx.size) + chunks.deal(p.test, ctx.rank, ctx.size)
-             if sharing.collective else p.train + p.test)
-    source.prepare(every, sharing.reduce_sum)  # patches: a normalisation over every one drawn
-    hold = decide(config, ctx, sharing, chunks.total(mine) * features * 4, held)
-    train = Split(source, mine, p.train, hold)
-    test = Split(p.test_source, mine_test, p.test, hold and decide(
-        config, ctx, sharing, chunks.total(mine_test) * features * 4, False))
-    moments = spec.scale in ("standardize", "minmax") and given is None
-    found = read_split(train, sharing, shape=layout, moments=moments, name="train")
-    if "train" in splits:
+    train, test = deal(config, sharing, source, p, want)
+    found = read_split(train, sharing, shape=layout, moments=config.data.scale in (
+        "standardize", "minmax") and given is None, name="train")
+    if want.wants("train"):
         check(found[0], "training")
-    classes = None
-    if given and given.get("classes") is not None:
-        classes = Classes(tuple(given["classes"]))
-    elif source.labelled:
-        classes = Classes(tuple(vocabulary(found[0].labels)))
-    scale = (Scale.from_dict(given["scale"]) if given else
-             Scale.fit(spec.scale, found[0].moments, layout))
-    window = chunks.window_rows(features, spec.buffer_mb)
-    built = dict(scale=scale, classes=classes, shape=shape)
+    classes, scale = agree(config, source, found[0], layout, given)
+    built = dict(scale=scale, classes=classes, shape=served_shape(layout, images))
     train_shard = test_shard = test_found = None
-    if "train" in splits:
-        order = Order(tuple(q.rows for q in mine), window, config.seed, ctx.rank,
-                      shuffle=not whole)
-        train_shard = split_shard(train, found, sharing, **built,
-                                  batch_size=EVAL_BATCH if whole else config.batch_size,
-                                  order=order, epoch_rows=n_train // ctx.size)
+    if want.wants("train"):
+        train_shard = train_split_shard(config, sharing, train, found, built, p, want.whole)
     if test.mine:
-        test_found = read_split(test, sharing, shape=layout, moments=False, name="test")
-        check(test_found[0], "test")
-        test_shard = split_shard(test, test_found, sharing, **built, batch_size=EVAL_BATCH,
-                                 order=Order(tuple(q.rows for q in mine_test), window,
-                                             config.seed, ctx.rank, shuffle=False),
-                                 epoch_rows=chunks.total(mine_test))
-    info = record(config, source, p, shape=shape, layout=layout, classes=classes, scale=scale,
-                  found=found[0], test_found=test_found and test_found[0], hold=hold,
-                  budget_bytes=budget(config, ctx),
-                  pieces=sharing.gather([[q.file, q.start, q.stop] for q in mine], "data.pieces"),
+        test_shard, test_found = test_split_shard(config, sharing, test, layout, built)
+    info = record(config, source, p, shape=built["shape"], layout=layout, classes=classes,
+                  scale=scale, found=found[0], test_found=test_found,
+                  hold=train.hold, budget_bytes=budget(config, ctx),
+                  pieces=sharing.gather([[q.file, q.start, q.stop] for q in train.mine],
+                                        "data.pieces"),
                   memory=sharing.gather([rss_before, host.rss_mb()], "data.rss"),
                   seconds=time.perf_counter() - started)
     if run is not None:
         run.record_data(info)
         run.print(startup_line(info, ctx))
+
     def reload(new: Context) -> tuple[Shard, Shard | None]:
         again = load(config, new, labels=labels, images=images, held=held, given=info,
-                     splits=("all",) if whole else splits)
+                     splits=splits)
         return again.train, again.test
 
-    return Data(train_shard, test_shard, features, shape, classes.names if classes else None,
-                info, reload, (ctx.rank, ctx.size))
+    return Data(train_shard, test_shard, source.features, built["shape"],
+                classes.names if classes else None, info, reload, (ctx.rank, ctx.size))
+
+
+def test_split_shard(config: Config, sharing: Sharing, test: Split, layout: tuple[int, ...],
+                     built: dict[str, Any]) -> tuple[Shard, Survey]:
+    """The test shard, every row once in storage order, and its checked survey."""
+    found = read_split(test, sharing, shape=layout, moments=False, name="test")
+    check(found[0], "test")
+    order = Order(tuple(q.rows for q in test.mine),
+                  chunks.window_rows(test.source.features, config.data.buffer_mb), config.seed,
+                  sharing.ctx.rank, shuffle=False)
+    shard = split_shard(test, found, sharing, **built, batch_size=EVAL_BATCH, order=order,
+                        epoch_rows=chunks.total(test.mine))
+    return shard, found[0]
+
+
+def deal(config: Config, sharing: Sharing, source: Source, p: Plan,
+         want: Request) -> tuple[Split, Split]:
+    """This rank's pieces of each split, whether each is held or streamed; the source made
+    ready over every rank's pieces (patches fit their normalisation)."""
+    ctx = sharing.ctx
+    if want.wants("train") and not want.whole:
+        check_sizes(chunks.total(p.train), ctx, config.batch_size)
+    mine = chunks.deal(p.train, ctx.rank, ctx.size) if want.wants("train") else []
+    mine_test = chunks.deal(p.test, ctx.rank, ctx.size) if want.wants("test") and p.test else []
+    every = (chunks.deal(p.train, ctx.rank, ctx.size) + chunks.deal(p.test, ctx.rank, ctx.size)
+             if sharing.collective else p.train + p.test)
+    source.prepare(every, sharing.reduce_sum)  # patches: a normalisation over every one drawn
+    hold = decide(config, ctx, sharing, chunks.total(mine) * source.features * 4, want.held)
+    test_hold = hold and decide(config, ctx, sharing,
+                                chunks.total(mine_test) * source.features * 4, False)
+    return (Split(source, mine, p.train, hold),
+            Split(p.test_source, mine_test, p.test, test_hold))
+
+
+def agree(config: Config, source: Source, found: Survey, layout: tuple[int, ...],
+          given: dict[str, Any] | None) -> tuple[Classes | None, Scale]:
+    """The class vocabulary and the normalisation: a checkpoint's (`given`), else the whole
+    training set's, which every rank has from the merged survey."""
+    classes = None
+    if given and given.get("classes") is not None:
+        classes = Classes(tuple(given["classes"]))
+    elif source.labelled:
+        classes = Classes(tuple(vocabulary(found.labels)))
+    scale = (Scale.from_dict(given["scale"]) if given else
+             Scale.fit(config.data.scale, found.moments, layout))
+    return classes, scale
+
+
+def train_split_shard(config: Config, sharing: Sharing, train: Split,
+                      found: tuple[Survey, torch.Tensor | None, list], built: dict[str, Any],
+                      p: Plan, whole: bool) -> Shard:
+    """The training shard: batches in the chunk rule's order, or (`whole`) every row in
+    storage order in evaluation batches."""
+    ctx = sharing.ctx
+    order = Order(tuple(q.rows for q in train.mine),
+                  chunks.window_rows(train.source.features, config.data.buffer_mb), config.seed,
+                  ctx.rank, shuffle=not whole)
+    return split_shard(train, found, sharing, **built,
+                       batch_size=EVAL_BATCH if whole else config.batch_size, order=order,
+                       epoch_rows=chunks.total(p.train) // ctx.size)
 
 
 def fit_layers(config: Config, data: Data) -> Config:
