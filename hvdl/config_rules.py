@@ -134,7 +134,7 @@ def get(config: Config, key: str) -> Any:
 
 def validate(config: Config) -> None:
     """Raise ConfigError for the first value its field's rule refuses, then for the first
-    broken rule between fields (these are below)."""
+    broken rule between fields (a list of independent checks, read top to bottom)."""
     sections = [(f"{f.name}.", getattr(config, f.name)) for f in dataclasses.fields(config)
                 if dataclasses.is_dataclass(getattr(config, f.name))]
     for prefix, part in [("", config), *sections]:
@@ -192,3 +192,26 @@ def check_elastic_perf(perf: Any) -> None:
                 f"config key 'perf.{key}' is {shown} with elastic true; elastic runs average "
                 "gradients every step through Horovod's DistributedOptimizer; allowed: "
                 + ", ".join(f"perf.{k} {str(v).lower()}" for k, v in ELASTIC_PERF.items()))
+
+
+def fit_layers(config: Config, data: Any) -> Config:
+    """`config` with layers' 0s taken from the data (inputs, and a classifier's classes), the
+    other counts checked against it (`data`: its `features` and `classes`, hvdl.data.dataset's
+    Data)."""
+    layers = list(config.layers)
+    if not layers:
+        return config
+    if layers[0] == 0:
+        layers[0] = data.features
+    elif layers[0] != data.features:
+        raise ConfigError(f"config key 'layers' starts with {layers[0]} inputs, the data has "
+                          f"{data.features} features; allowed: {data.features}, or 0 to take it "
+                          "from the data")
+    if config.family in CLASSIFIER_FAMILIES:
+        n = len(data.classes or ())
+        if layers[-1] == 0:
+            layers[-1] = n
+        elif layers[-1] != n:
+            raise ConfigError(f"config key 'layers' ends with {layers[-1]} classes, the data has "
+                              f"{n}; allowed: {n}, or 0 to take it from the data")
+    return dataclasses.replace(config, layers=tuple(layers))

@@ -17,7 +17,6 @@ tests/test_families.py checks every entry.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,10 +26,8 @@ from torch import nn
 from hvdl import checkpoint
 from hvdl import config as configlib
 from hvdl.config import Config
-from hvdl.models import autoencoder as ae
 from hvdl.models import rbm as rbm_models
-from hvdl.models.cnn import LeNet5
-from hvdl.trainers import autoencoder, cnn, rbm
+from hvdl.trainers import cnn, rbm, saved_stack, sparse, stacked
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,21 +53,6 @@ class Family:
                 if getattr(self, c) is not None]
 
 
-def dtype(config: Config) -> torch.dtype:
-    return torch.float64 if config.sae.float64 else torch.float32
-
-
-def stacked_net(config: Config) -> nn.Sequential:
-    """The stacked autoencoder classifier's structure: hidden sigmoid layers, then softmax."""
-    hidden = [nn.Linear(a, b, dtype=dtype(config)) for a, b in pairwise(config.layers[:-1])]
-    return ae.stack(hidden, nn.Linear(config.layers[-2], config.layers[-1], dtype=dtype(config)))
-
-
-def stack_of_rbms(config: Config, sizes: tuple[int, ...]) -> list[rbm_models.RBM]:
-    return rbm_models.make_stack(sizes, visible=config.rbm.visible,
-                                 top_hidden=config.rbm.code_units)
-
-
 def sequential_encoder(net: nn.Module, layer: int) -> Fn:
     """Hidden layer `layer` (1 = the first) of a (Linear, Sigmoid, ..., Linear) net."""
     return net[:2 * layer]
@@ -87,33 +69,27 @@ def deep_encoder(model: rbm_models.DeepAutoencoder, layer: int) -> Fn:
     return encode
 
 
+# Each family's model is built by its trainer's one build function, for training and loading
+# alike: the loaded weights then fill the same structure training filled.
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("cnn", cnn.train, lambda c: "train", labels=True, images=True,
-           build=lambda c, d: LeNet5(classes=len(d["classes"]), shape=tuple(d["shape"])),
+    Family("cnn", cnn.train, lambda c: "train", cnn.build, labels=True, images=True,
            classifier=lambda m: m),
-    Family("sae", autoencoder.train, lambda c: "sae",
-           build=lambda c, d: ae.SparseAutoencoder(n_visible=c.layers[0],
-                                                    n_hidden=c.layers[1], dtype=dtype(c)),
+    Family("sae", sparse.train_sae, lambda c: "sae", sparse.build_sae,
            encoder=lambda m, layer: m.encode, reconstruction=lambda m: lambda x: m(x)[0]),
-    Family("stacked_ae", autoencoder.train,
-           lambda c: "finetune" if len(c.layers) > 2 else "softmax", labels=True,
-           build=lambda c, d: stacked_net(c), classifier=lambda m: m,
-           encoder=sequential_encoder, depth=lambda c: len(c.layers) - 2),
-    Family("rbm", rbm.train, lambda c: "pretrain1",
-           build=lambda c, d: stack_of_rbms(c, c.layers)[0],
+    Family("stacked_ae", stacked.train_stacked,
+           lambda c: "finetune" if len(c.layers) > 2 else "softmax", stacked.build_stacked,
+           labels=True, classifier=lambda m: m, encoder=sequential_encoder,
+           depth=lambda c: len(c.layers) - 2),
+    Family("rbm", rbm.train_rbm, lambda c: "pretrain1", lambda c, d: rbm.build_stack(c)[0],
            encoder=lambda m, layer: m.hidden_mean,
            reconstruction=lambda m: lambda x: m.visible_mean(m.hidden_mean(x)),
            free_energy=lambda m: m.free_energy),
-    Family("dbn", rbm.train, lambda c: "finetune", labels=True,
-           check=rbm.check_pretrained,
-           build=lambda c, d: rbm_models.classifier(stack_of_rbms(c, c.layers[:-1]),
-                                                    c.layers[-1]),
-           classifier=lambda m: m, encoder=sequential_encoder,
+    Family("dbn", rbm.train_dbn, lambda c: "finetune",
+           lambda c, d: rbm_models.classifier(rbm.build_stack(c), c.layers[-1]), labels=True,
+           check=saved_stack.check_pretrained, classifier=lambda m: m, encoder=sequential_encoder,
            depth=lambda c: len(c.layers) - 2),
-    Family("deep_ae", rbm.train, lambda c: "finetune",
-           check=rbm.check_pretrained,
-           build=lambda c, d: rbm_models.DeepAutoencoder(
-               c.layers, linear_code=c.rbm.code_units == "linear"),
+    Family("deep_ae", rbm.train_deep_ae, lambda c: "finetune",
+           lambda c, d: rbm_models.unroll(rbm.build_stack(c)), check=saved_stack.check_pretrained,
            encoder=deep_encoder, depth=lambda c: len(c.layers) - 1,
            reconstruction=lambda m: m.reconstruct),
 )}

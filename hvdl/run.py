@@ -71,6 +71,24 @@ def peak_memory(ctx: dist.Context) -> list[float]:
     return dist.allgather_object(peak_rss_mb(), name="memory.peak")
 
 
+def announce(config: Config, ctx: dist.Context, run: RunLog,
+             resume_from: Path | None) -> list[dict[str, Any]]:
+    """The run's first lines and its metadata.json; every rank's host and device (a
+    collective), which also name the ranks a failed collective lost."""
+    run.print(f"hvdl: engine {ctx.engine} ({ctx.reason})")
+    inventory = dist.inventory(ctx)
+    run.write_metadata(world_size=ctx.size, inventory=inventory,
+                       extra={"engine": ctx.engine, "engine_reason": ctx.reason,
+                              "controller": ctx.controller,
+                              "horovod": dist.knobs() if ctx.engine == "horovod" else None,
+                              "resumed_from": str(resume_from) if resume_from else None})
+    run.print(f"hvdl: {config.recipe} ({config.family}) on {ctx.size} rank(s), "
+              f"device {ctx.device}, run folder {run.dir}"
+              + (f", resumed from {resume_from}" if resume_from else "")
+              + (", no checkpoint to resume" if config.resume and not resume_from else ""))
+    return inventory
+
+
 def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Path | None]:
     """Everything after start-up: run folder, metadata, the family's trainer, final metrics.
     Returns (the final figures, the run folder), the folder on every rank."""
@@ -82,17 +100,7 @@ def run_training(config: Config, ctx: dist.Context) -> tuple[dict[str, Any], Pat
     run_dir = resume_dir(resume_from)
     run = open_run(config, ctx, run_dir)
     try:
-        run.print(f"hvdl: engine {ctx.engine} ({ctx.reason})")
-        inventory = dist.inventory(ctx)
-        run.write_metadata(world_size=ctx.size, inventory=inventory,
-                           extra={"engine": ctx.engine, "engine_reason": ctx.reason,
-                                  "controller": ctx.controller,
-                                  "horovod": dist.knobs() if ctx.engine == "horovod" else None,
-                                  "resumed_from": str(resume_from) if resume_from else None})
-        run.print(f"hvdl: {config.recipe} ({config.family}) on {ctx.size} rank(s), "
-                  f"device {ctx.device}, run folder {run.dir}"
-                  + (f", resumed from {resume_from}" if resume_from else "")
-                  + (", no checkpoint to resume" if config.resume and not resume_from else ""))
+        inventory = announce(config, ctx, run, resume_from)
         if config.perf.timeline:
             dist.start_timeline(run.dir / "horovod_timeline.json" if run.dir else None)
         with preemption.StopSignal(config.stop_check_every):  # notes a signal between loops

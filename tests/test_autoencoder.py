@@ -270,7 +270,7 @@ def test_stacked_autoencoder_config_errors_name_the_key(overrides, message):
     """Test that a stack without hidden layers or an unknown fine-tuning optimizer is a
     ConfigError."""
     from hvdl import config as configlib
-    from hvdl.trainers.autoencoder import check_stacked
+    from hvdl.trainers.stacked import check_stacked
 
     with pytest.raises(configlib.ConfigError, match=message):  # at load or at the stack check
         check_stacked(configlib.load("stacked_ae_mnist",

@@ -18,6 +18,7 @@ from PIL import Image
 
 from hvdl import config as configlib
 from hvdl.config import ConfigError
+from hvdl.config_rules import fit_layers
 from hvdl.data import dataset
 from hvdl.dist import Context
 from procs import job_env
@@ -197,12 +198,12 @@ def test_labels_map_to_one_sorted_vocabulary_and_layers_come_from_the_data(tmp_p
     order = torch.cat([x[:, 0] for x, _ in data.train.scan()]).long().numpy()
     labels = torch.cat([y for _, y in data.train.scan()]).numpy()
     np.testing.assert_array_equal(np.array(data.classes)[labels], raw[order])
-    fitted = dataset.fit_layers(config(*opts, "--layers", "0,20,0"), data)
+    fitted = fit_layers(config(*opts, "--layers", "0,20,0"), data)
     assert fitted.layers == (FEATURES, 20, 3)
     with pytest.raises(ConfigError, match="starts with 784 inputs, the data has 16 features"):
-        dataset.fit_layers(config(*opts, "--layers", "784,20,3"), data)
+        fit_layers(config(*opts, "--layers", "784,20,3"), data)
     with pytest.raises(ConfigError, match="ends with 10 classes, the data has 3"):
-        dataset.fit_layers(config(*opts, "--layers", "16,20,10"), data)
+        fit_layers(config(*opts, "--layers", "16,20,10"), data)
 
 
 @pytest.mark.parametrize("scale", ["unit", "standardize", "minmax"])

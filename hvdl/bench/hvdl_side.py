@@ -52,8 +52,8 @@ def build(config: Config, ctx: Context) -> tuple[torch.nn.Module, Epoch, Callabl
     from hvdl.models import autoencoder as ae
     from hvdl.models import rbm as rbm_models
     from hvdl.models.cnn import LeNet5
-    from hvdl.trainers import autoencoder as ae_trainer
     from hvdl.trainers import rbm as rbm_trainer
+    from hvdl.trainers import sparse as ae_trainer
 
     run = RunLog(config, is_root=False)  # silent: no folder, no TensorBoard
     lr = config.lr

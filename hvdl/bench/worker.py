@@ -62,7 +62,8 @@ def batches(x: torch.Tensor, y: torch.Tensor | None, batch: int, steps: int, see
 
 def torch_phases(args: argparse.Namespace, rank: int, size: int, device: torch.device,
                  ddp: bool) -> dict[str, Any]:
-    """Warm-up, unsynchronised (DDP only) and timed phases of the plain loop."""
+    """Warm-up, unsynchronised (DDP only) and timed phases of the plain loop (kept whole: the
+    timed loop must read exactly as the plain loop it measures)."""
     import torch.distributed as tdist
 
     name, spec = args.model, SPECS[args.model]

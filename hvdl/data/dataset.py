@@ -22,7 +22,6 @@ hvdl/data/record.py.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from hvdl import host
-from hvdl.config import Config, ConfigError
+from hvdl.config import Config
 from hvdl.data import chunks, formats
 from hvdl.data.chunks import Order, Piece
 from hvdl.data.formats.base import DataError, Source, default_cache
@@ -39,8 +38,10 @@ from hvdl.data.plan import (
     Plan,
     Sharing,
     announce_copies,
+    budget,
     check_sizes,
     count_records,
+    decide,
     node_copies,
     plan,
     served_shape,
@@ -87,33 +88,6 @@ class Data:
         """(height, width) to draw a first-layer filter in; None when examples are not images."""
         found = self.info.get("picture")
         return tuple(found) if found else None
-
-
-def budget(config: Config, ctx: Context) -> int:
-    """Bytes a shard may take on the device: data.budget_mb, else half its free memory."""
-    if config.data.budget_mb:
-        return int(config.data.budget_mb * 2**20)
-    if ctx.device.type == "cuda":
-        return torch.cuda.mem_get_info(ctx.device)[0] // 2
-    return host.available_bytes() // 2 // max(1, ctx.local_size)
-
-
-def decide(config: Config, ctx: Context, sharing: Sharing, nbytes: int, held: bool) -> bool:
-    """Whether the shard is held on the device (True) or streamed; the same on every rank."""
-    mode, limit = config.data.memory, budget(config, ctx)
-    if mode == "auto":
-        hold = sharing.all(nbytes <= limit, "data.fits")
-    else:
-        hold = mode == "device"
-    if held and not hold:
-        why = ("data.memory is 'stream'" if mode == "stream" else
-               f"a shard of {nbytes / 2**20:,.3f} MiB is over the budget of "
-               f"{limit / 2**20:,.3f} MiB")
-        raise ConfigError(f"family {config.family!r} with optimizer {config.optimizer!r} trains "
-                          f"on the whole shard at once, and {why}; allowed: a shard that fits "
-                          "(more ranks, data.budget_mb, data.memory 'device'), or optimizer sgd "
-                          "or adam")
-    return hold
 
 
 def build(source: Source, pieces: list[Piece], *, hold: bool, x: torch.Tensor | None,
@@ -318,27 +292,3 @@ def train_split_shard(config: Config, sharing: Sharing, train: Split,
     return split_shard(train, found, sharing, **built,
                        batch_size=EVAL_BATCH if whole else config.batch_size, order=order,
                        epoch_rows=chunks.total(p.train) // ctx.size)
-
-
-def fit_layers(config: Config, data: Data) -> Config:
-    """`config` with layers' 0s taken from the data (inputs, and a classifier's classes), the
-    other counts checked against it."""
-    from hvdl.config_rules import CLASSIFIER_FAMILIES
-
-    layers = list(config.layers)
-    if not layers:
-        return config
-    if layers[0] == 0:
-        layers[0] = data.features
-    elif layers[0] != data.features:
-        raise ConfigError(f"config key 'layers' starts with {layers[0]} inputs, the data has "
-                          f"{data.features} features; allowed: {data.features}, or 0 to take it "
-                          "from the data")
-    if config.family in CLASSIFIER_FAMILIES:
-        n = len(data.classes or ())
-        if layers[-1] == 0:
-            layers[-1] = n
-        elif layers[-1] != n:
-            raise ConfigError(f"config key 'layers' ends with {layers[-1]} classes, the data has "
-                              f"{n}; allowed: {n}, or 0 to take it from the data")
-    return dataclasses.replace(config, layers=tuple(layers))

@@ -2,8 +2,9 @@
 
 `node_copies` gives the readers (hvdl/data/formats/) a gzip file's copy decompressed once per
 node; `count_records` has the ranks count a CSV's records between them; `plan` cuts, permutes
-and holds out the chunks (hvdl/data/chunks.py); `check_sizes`, `stored_shape` and
-`served_shape` check the plan against the batch and the model. `Sharing` is how the ranks share
+and holds out the chunks (hvdl/data/chunks.py); `decide` holds a shard on the device when it
+fits the budget, else streams it; `check_sizes`, `stored_shape` and `served_shape` check the
+plan against the batch and the model. `Sharing` is how the ranks share
 this work: by collectives, or, under elastic training, where no collective may run outside
 Horovod's elastic loop, each rank on its own.
 """
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from hvdl import dist
+from hvdl import dist, host
 from hvdl.config import Config, ConfigError
 from hvdl.data import chunks
 from hvdl.data.chunks import Piece
@@ -131,6 +132,33 @@ def check_sizes(n: int, ctx: Context, batch_size: int) -> None:
         raise ConfigError(f"config key 'batch_size' is {batch_size}, larger than a shard of "
                           f"{n // ctx.size} examples ({n} over {ctx.size} ranks); allowed: 1 to "
                           f"{n // ctx.size}")
+
+
+def budget(config: Config, ctx: Context) -> int:
+    """Bytes a shard may take on the device: data.budget_mb, else half its free memory."""
+    if config.data.budget_mb:
+        return int(config.data.budget_mb * 2**20)
+    if ctx.device.type == "cuda":
+        return torch.cuda.mem_get_info(ctx.device)[0] // 2
+    return host.available_bytes() // 2 // max(1, ctx.local_size)
+
+
+def decide(config: Config, ctx: Context, sharing: Sharing, nbytes: int, held: bool) -> bool:
+    """Whether the shard is held on the device (True) or streamed; the same on every rank."""
+    mode, limit = config.data.memory, budget(config, ctx)
+    if mode == "auto":
+        hold = sharing.all(nbytes <= limit, "data.fits")
+    else:
+        hold = mode == "device"
+    if held and not hold:
+        why = ("data.memory is 'stream'" if mode == "stream" else
+               f"a shard of {nbytes / 2**20:,.3f} MiB is over the budget of "
+               f"{limit / 2**20:,.3f} MiB")
+        raise ConfigError(f"family {config.family!r} with optimizer {config.optimizer!r} trains "
+                          f"on the whole shard at once, and {why}; allowed: a shard that fits "
+                          "(more ranks, data.budget_mb, data.memory 'device'), or optimizer sgd "
+                          "or adam")
+    return hold
 
 
 def stored_shape(config: Config, source: Source) -> tuple[int, ...]:

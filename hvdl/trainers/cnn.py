@@ -24,10 +24,10 @@ from hvdl.models.cnn import LeNet5
 from hvdl.runlog import RunLog
 
 
-def build_classifier(config: Config, ctx: Context, data: dict[str, Any]) -> torch.nn.Module:
-    """LeNet-5 for the data's example shape and classes (`data`: the dataset's record)."""
-    torch.manual_seed(config.seed)  # identical start on every rank, broadcast confirms it
-    return LeNet5(classes=len(data["classes"]), shape=tuple(data["shape"])).to(ctx.device)
+def build(config: Config, data: dict[str, Any]) -> torch.nn.Module:
+    """LeNet-5 for the data's example shape and classes (`data`: the dataset's record), as
+    training starts it and as a checkpoint is loaded into (hvdl/families.py)."""
+    return LeNet5(classes=len(data["classes"]), shape=tuple(data["shape"]))
 
 
 def evaluate(model: torch.nn.Module, test: Shard | None,
@@ -41,7 +41,8 @@ def train(config: Config, ctx: Context, run: RunLog,
           state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train LeNet-5 for `config.epochs`, evaluating on the test split after each epoch."""
     data = dataset.load(config, ctx, run, labels=True, images=True)
-    model = build_classifier(config, ctx, data.info)
+    torch.manual_seed(config.seed)  # identical start on every rank, broadcast confirms it
+    model = build(config, data.info).to(ctx.device)
     shards = data.shards()  # read by evaluate when it runs: elastic training deals them again
     loss = partial(F.cross_entropy, label_smoothing=config.label_smoothing)
     stage = loop.Stage(

@@ -24,14 +24,14 @@ Reference and measured results: hvdl/models/rbm.py, results/rbm/README.md.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from hvdl import checkpoint, dist, loop, viz
-from hvdl import config as configlib
 from hvdl.config import Config
+from hvdl.config_rules import fit_layers
 from hvdl.data import dataset
 from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
@@ -40,114 +40,84 @@ from hvdl.models import rbm as rbm_models
 from hvdl.models.rbm import RBM
 from hvdl.runlog import RunLog
 from hvdl.trainers.finetune import finetune_autoencoder, finetune_classifier
+from hvdl.trainers.saved_stack import load_stack
 
 CHUNK = 1000  # examples per forward pass when propagating or monitoring a whole shard
 MAX_FILTERS = 256  # filters shown in a stage's picture
 
 
-def train(config: Config, ctx: Context, run: RunLog,
-          state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pretrain the stack (or load a saved one), then fine-tune it (dbn, deep_ae); returns the
-    final figures. `state` resumes in the stage it was written in, the stages before it
-    taken from the weights it carries."""
-    data = dataset.load(config, ctx, run, labels=config.family == "dbn")
-    config = dataset.fit_layers(config, data)
-    rbms = build_stack(config, ctx)
+@dataclass
+class Pretrained:
+    """A run's RBM stack after greedy pretraining (or loaded from `rbm.pretrained`)."""
+
+    config: Config  # with the layers the data gave
+    data: dataset.Data
+    rbms: list[RBM]
+    tuning: Shards | None  # the fine-tuning batches
+    result: dict[str, Any]  # {"pretrain": each RBM's last epoch, or the files loaded}
+    done: dict[str, Any]  # each RBM's weights, which the fine-tuning checkpoints carry
+
+
+def pretrained(config: Config, ctx: Context, run: RunLog, state: dict[str, Any] | None, *,
+               targets: str = "") -> Pretrained:
+    """Load the data, then pretrain the stack greedily, or load a saved one. `targets` of the
+    fine-tuning after it: "labels" (a DBN) or "input" (a deep autoencoder), whose batches of
+    rbm.finetune_batch_size are checked against the data before any pretraining; "": none."""
+    data = dataset.load(config, ctx, run, labels=targets == "labels")
+    config = fit_layers(config, data)
+    rbms = [rbm.to(ctx.device)
+            for rbm in build_stack(config, torch.Generator().manual_seed(config.seed))]
     loaded = load_stack(rbms, config) if config.rbm.pretrained else None
-    shards = data.shards()
-    # Fine-tuning batches (checked before pretraining); a DBN's targets are the labels, a deep
-    # autoencoder's its input.
-    size = config.rbm.finetune_batch_size or config.batch_size
-    tuning = shards.derived(lambda s: s.rebatched(size, labels=config.family == "dbn",
-                                                  key="rbm.finetune_batch_size"),
-                            lambda s: s)
-    result: dict[str, Any] = {}
+    shards, tuning = data.shards(), None
+    if targets:
+        size = config.rbm.finetune_batch_size or config.batch_size
+        tuning = shards.derived(lambda s: s.rebatched(size, labels=targets == "labels",
+                                                      key="rbm.finetune_batch_size"),
+                                lambda s: s)
     if loaded is None:
-        result["pretrain"] = pretrain(rbms, shards, config, ctx, run, data.picture, state)
+        result = {"pretrain": pretrain(rbms, shards, config, ctx, run, data.picture, state)}
     else:
         run.print(f"pretraining: {len(rbms)} RBMs loaded from {config.rbm.pretrained}")
         for i, rbm in enumerate(rbms, start=1):  # this run's folder keeps every stage it used
             checkpoint.save_stage(run, f"pretrain{i}", rbm, config)
-        result["pretrain"] = loaded
+        result = {"pretrain": loaded}
     done = {f"pretrain{i}": rbm.state_dict() for i, rbm in enumerate(rbms, start=1)}
-    if config.family == "dbn":
-        result.update(finetune_classifier(rbms, tuning, config, ctx, run, state, data.classes,
-                                          done))
-    elif config.family == "deep_ae":
-        result.update(finetune_autoencoder(rbms, tuning, config, ctx, run, state, done))
-    return result
+    return Pretrained(config, data, rbms, tuning, result, done)
 
 
-def build_stack(config: Config, ctx: Context) -> list[RBM]:
-    """The RBMs, the same on every rank; a DBN's last layer is the softmax, not an RBM."""
-    sizes = config.layers[:-1] if config.family == "dbn" else config.layers
-    generator = torch.Generator().manual_seed(config.seed)
-    rbms = rbm_models.make_stack(sizes, visible=config.rbm.visible,
+def train_rbm(config: Config, ctx: Context, run: RunLog,
+              state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One RBM (family rbm): its pretraining is the run."""
+    return pretrained(config, ctx, run, state).result
+
+
+def train_dbn(config: Config, ctx: Context, run: RunLog,
+              state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Deep Belief Net: pretrain the stack (or load one), then fine-tune it as a classifier;
+    `state` resumes in the stage it was written in, the stages before it from its weights."""
+    p = pretrained(config, ctx, run, state, targets="labels")
+    return {**p.result, **finetune_classifier(p.rbms, p.tuning, p.config, ctx, run, state,
+                                              p.data.classes, p.done)}
+
+
+def train_deep_ae(config: Config, ctx: Context, run: RunLog,
+                  state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A deep autoencoder: pretrain the stack (or load one), unroll it and fine-tune it."""
+    p = pretrained(config, ctx, run, state, targets="input")
+    return {**p.result, **finetune_autoencoder(p.rbms, p.tuning, p.config, ctx, run, state,
+                                               p.done)}
+
+
+def stack_sizes(config: Config) -> tuple[int, ...]:
+    """The RBMs' layer sizes: a DBN's last layer is its softmax, not an RBM's."""
+    return config.layers[:-1] if config.family == "dbn" else config.layers
+
+
+def build_stack(config: Config, generator: torch.Generator | None = None) -> list[RBM]:
+    """The RBMs, the same on every rank (from `generator`), as training starts them and as a
+    checkpoint's stack is loaded into (hvdl/families.py)."""
+    return rbm_models.make_stack(stack_sizes(config), visible=config.rbm.visible,
                                  top_hidden=config.rbm.code_units, generator=generator)
-    return [rbm.to(ctx.device) for rbm in rbms]
-
-
-def stack_of(config: dict[str, Any]) -> str:
-    """A saved or current config's RBM stack in words, e.g. "784-500-2000 (bernoulli visible,
-    bernoulli top hidden units)"."""
-    layers = config["layers"][:-1] if config["family"] == "dbn" else config["layers"]
-    rbm = config["rbm"]
-    return (f"{'-'.join(map(str, layers))} ({rbm['visible']} visible, {rbm['code_units']} top "
-            "hidden units)")
-
-
-def same_stack(saved: dict[str, Any], mine: dict[str, Any]) -> bool:
-    """Whether a saved config's RBM stack is this config's; a 0 in this config's layers (a size
-    taken from the data) matches any size."""
-    def sizes(config: dict[str, Any]) -> list[int]:
-        return list(config["layers"][:-1] if config["family"] == "dbn" else config["layers"])
-    units = ("visible", "code_units")
-    return (len(sizes(saved)) == len(sizes(mine))
-            and all(m in (0, s) for s, m in zip(sizes(saved), sizes(mine)))
-            and all(saved["rbm"][u] == mine["rbm"][u] for u in units))
-
-
-def read_stack(config: Config) -> list[dict[str, Any]]:
-    """The payloads of `rbm.pretrained`'s stages/pretrain<i>.pt, checked against this config's
-    stack: the same layer sizes and unit types; otherwise, or if the folder or a file is missing
-    or damaged, a CheckpointError (bad input, status 2). Needs no data, so a run calls it before
-    it loads any or opens its run folder (`check_pretrained`), and again once the data have
-    given its 0 sizes (`load_stack`)."""
-    folder = Path(config.rbm.pretrained)
-    mine = configlib.to_dict(config)
-    count = len(config.layers) - (2 if config.family == "dbn" else 1)
-    names = [f"pretrain{i}" for i in range(1, count + 1)]
-    allowed = f"a run folder whose stages/ hold {', '.join(n + '.pt' for n in names)}"
-    payloads = []
-    for name in names:  # the first file's stack already tells a wrong folder
-        payloads.append(checkpoint.read(folder / "stages" / f"{name}.pt", allowed))
-        if not same_stack(payloads[-1]["config"], mine):
-            raise checkpoint.CheckpointError(
-                f"rbm.pretrained: {folder}/stages/{name}.pt belongs to the stack "
-                f"{stack_of(payloads[-1]['config'])}; allowed: this run's stack, "
-                f"{stack_of(mine)}")
-    return payloads
-
-
-def check_pretrained(config: Config) -> None:
-    """Before any data is loaded: `rbm.pretrained`, if set, holds this run's stack."""
-    if config.rbm.pretrained:
-        read_stack(config)
-
-
-def load_stack(rbms: list[RBM], config: Config) -> list[dict[str, Any]]:
-    """Load the stack from `rbm.pretrained`'s stages/pretrain<i>.pt instead of pretraining it.
-
-    Every rank reads the files (a run folder on storage all ranks see, as for `--resume`). The
-    stack was checked before the data were loaded (`check_pretrained`); this checks it again
-    with the sizes the data gave.
-    """
-    payloads = read_stack(config)
-    for rbm, payload in zip(rbms, payloads, strict=True):
-        rbm.load_state_dict(payload["model"])
-    folder = Path(config.rbm.pretrained)
-    return [{"loaded": str(folder / "stages" / f"pretrain{i}.pt")}
-            for i in range(1, len(rbms) + 1)]
 
 
 # --- greedy pretraining ----------------------------------------------------------------------
@@ -194,7 +164,8 @@ def rbm_stage(stack: list[RBM], shards: Shards | None, name: str, config: Config
               carry: Callable[[], dict[str, Any]] | None = None) -> loop.Stage:
     """CD-k for the top RBM of `stack` as a stage of the loop (the ones below only draw its
     filters): the update writes the CD statistics into `.grad` and steps; each rank's sampling
-    noise and persistent chain are its own, and checkpoints carry them."""
+    noise and persistent chain are its own, and checkpoints carry them. (Long because its
+    closures share the noise generator and the chain: here they are read together.)"""
     rbm = stack[-1]
     lr = config.rbm.code_lr if rbm.hidden == "linear" else config.rbm.pretrain_lr
     generator = torch.Generator(device=ctx.device).manual_seed(

@@ -21,7 +21,7 @@ from hvdl import dist
 from hvdl.data import chunks
 from hvdl.data.formats.patches import normalize_patches
 from hvdl.models import autoencoder as ae
-from hvdl.trainers.autoencoder import make_reduce
+from hvdl.trainers.sparse import make_reduce
 
 N, N_VIS, N_HID = 37, 12, 5
 HYPER = {"rho": 0.05, "beta": 3.0, "lam": 1e-3}

@@ -6,8 +6,8 @@
 | format | reader | one example | labels |
 |---|---|---|---|
 | npy | arrays.NpySource | a row of a .npy array (or an N-d slice) | a .npy file of N |
-| idx | arrays.IdxSource | a row of an IDX file (MNIST's format) | an IDX file of N |
-| hdf5 | arrays.Hdf5Source | a row of a dataset (`data.features`: its key) | a dataset's key |
+| idx | idx.IdxSource | a row of an IDX file (MNIST's format) | an IDX file of N |
+| hdf5 | hdf5.Hdf5Source | a row of a dataset (`data.features`: its key) | a dataset's key |
 | csv | delimited.CsvSource | a line of numeric columns | a column |
 | parquet | parquet.ParquetSource | a row of numeric columns | a column |
 | images | images.ImageSource | an image file | its folder's name (a level) |
@@ -24,7 +24,7 @@ import dataclasses
 from typing import Any, Callable
 
 from hvdl.config import Config
-from hvdl.data.formats import arrays, delimited, images, mnist, parquet
+from hvdl.data.formats import arrays, delimited, hdf5, idx, images, mnist, parquet
 from hvdl.data.formats.base import (
     FILE_FORMATS,
     DataError,
@@ -40,7 +40,7 @@ from hvdl.data.formats.base import (
 from hvdl.data.formats.patches import PatchSource
 
 READERS: dict[str, Callable[..., Source]] = {
-    "npy": arrays.NpySource, "idx": arrays.IdxSource, "hdf5": arrays.Hdf5Source,
+    "npy": arrays.NpySource, "idx": idx.IdxSource, "hdf5": hdf5.Hdf5Source,
     "csv": delimited.CsvSource, "parquet": parquet.ParquetSource, "images": images.ImageSource,
 }
 

@@ -17,9 +17,13 @@ import math
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from hvdl.data.chunks import Piece
+from hvdl.data.formats.arrays import Block, check_lengths, label_files, same_schema
+from hvdl.data.formats.base import DataError, Local, Source, Spec, check_readable, is_gzip
 from hvdl.errors import BadInput
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -120,3 +124,71 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     if path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)  # mtime=0: the same array gives the same bytes
     path.write_bytes(data)
+
+
+# --- IDX files as a dataset read in parts (the one IDX reader of training) --------------------
+
+def idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(element type, dimensions, header length) of a raw IDX file, checked against its size."""
+    check_readable(path)
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * 255)
+    dtype, dims, header_len = parse_header(head, path)
+    expected = header_len + math.prod(dims) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise IdxError(f"{path}: truncated or padded: {size} bytes, the header's "
+                           f"{'×'.join(map(str, dims))} {dtype.newbyteorder('=').name} "
+                           f"elements need {expected}; allowed: a complete IDX file")
+    return dtype, dims, header_len
+
+
+class IdxSource(Source):
+    format = "idx"
+
+    def __init__(self, files: list[Path], spec: Spec, *, local: Local, **_: Any) -> None:
+        self.originals, self.files = files, [local(f) if is_gzip(f) else f for f in files]
+        self.headers = [idx_header(f) for f in self.files]
+        same_schema([(h[1][1:], str(h[0])) for h in self.headers], self.files, "examples of")
+        self.dtype = self.headers[0][0].newbyteorder("=")
+        self.shape = self.headers[0][1][1:] or (1,)
+        self.file_rows = [h[1][0] for h in self.headers]
+        self.label_files = label_files(spec, files)
+        if self.label_files is not None:
+            self.label_files = [local(f) if is_gzip(f) else f for f in self.label_files]
+            self.label_headers = [idx_header(f) for f in self.label_files]
+            for f, (_, dims, _) in zip(self.label_files, self.label_headers):
+                if len(dims) != 1:
+                    raise DataError(f"{f}: labels of {len(dims)} dimensions; allowed: a 1-d IDX "
+                                    "file, one label per row")
+            check_lengths(self.file_rows, [h[1][0] for h in self.label_headers], self.files,
+                          self.label_files)
+            self.label_name = spec.label
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        x = idx_rows(self.files[piece.file], self.headers[piece.file], piece)
+        y = None
+        if self.label_files is not None:
+            y = idx_rows(self.label_files[piece.file], self.label_headers[piece.file], piece)
+        return x.reshape(piece.rows, -1), y
+
+    def labels(self, piece: Piece) -> np.ndarray | None:
+        if self.label_files is None:
+            return None
+        return idx_rows(self.label_files[piece.file], self.label_headers[piece.file], piece)
+
+    def advise(self, piece: Piece) -> None:
+        idx_block(self.files[piece.file], self.headers[piece.file]).advise(piece)
+        if self.label_files is not None:
+            idx_block(self.label_files[piece.file], self.label_headers[piece.file]).advise(piece)
+
+
+def idx_rows(path: Path, header: tuple[np.dtype, tuple[int, ...], int], piece: Piece) -> np.ndarray:
+    out = idx_block(path, header).read(piece)
+    return out.astype(header[0].newbyteorder("="), copy=False)
+
+
+def idx_block(path: Path, header: tuple[np.dtype, tuple[int, ...], int]) -> Block:
+    """A raw IDX file's rows: one block after its header."""
+    dtype, dims, offset = header
+    return Block(path, offset, dtype, dims)

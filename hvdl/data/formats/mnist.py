@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.formats.arrays import IdxSource, idx_rows
 from hvdl.data.formats.base import Local, Spec
-from hvdl.data.formats.idx import IdxError, read_idx
+from hvdl.data.formats.idx import IdxError, IdxSource, idx_rows, read_idx
 from hvdl.errors import BadInput
 
 # split -> (images file, labels file), as published.
