@@ -65,6 +65,23 @@ def test_every_repository_path_the_readmes_name_exists():
         for name in ticked(what):
             if re.fullmatch(r"[\w-]+(\.(py|sh)|/)", name):
                 assert (folder / name).exists(), f"{path}: {name}"
+    tree = README.split("## Layout", 1)[1].split("```")[1]  # the package, module by module
+    listed, folders = [], {}
+    for line in tree.splitlines()[2:]:
+        depth = (len(line) - len(line.lstrip())) // 2  # 1: in hvdl/, 2: in a folder of it
+        if not line[:35].strip():
+            continue  # a description going on
+        if depth == 1:
+            folders.clear()
+        for name in line[:35].split():
+            listed.append(folders.get(depth - 1, "") + name)
+            if name.endswith("/"):
+                folders[depth] = listed[-1]
+    assert len(listed) > 20, listed
+    for name in listed:
+        assert (ROOT / "hvdl" / name).exists(), f"README's Layout: hvdl/{name}"
+    modules = {p.relative_to(ROOT / "hvdl").as_posix() for p in (ROOT / "hvdl").glob("*.py")}
+    assert modules - {"__init__.py", "__main__.py"} <= set(listed), "a module the Layout omits"
 
 
 def train_command_lines(text):
