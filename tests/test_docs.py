@@ -90,6 +90,8 @@ def train_command_lines(text):
     found = []
     for block in code_blocks(text):
         for line in block.replace("\\\n", " ").splitlines():
+            if not re.search(r"hvdl\.train|slurm/train\.sh|hvdl train", line):
+                continue  # prose, such as the Layout tree
             words = shlex.split(line, comments=True)
             for i, word in enumerate(words):
                 if word in ("hvdl.train", "slurm/train.sh") or (
