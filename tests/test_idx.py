@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hvdl.data.formats.base import DataError
 from hvdl.data.formats.idx import IdxError, read_idx, write_idx
 from hvdl.data.formats.mnist import FILES, MissingDataError, load_mnist, resolve_data_dir
 from hvdl.errors import BadInput
@@ -60,7 +61,8 @@ def test_header_is_big_endian(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("cut, message", [
-    (-1, "expected 60 bytes of uint8 data for 3×4×5, found 59"),
+    (-1, "truncated or padded: 75 bytes (decompressed, with the header), the header's 3×4×5 "
+         "uint8 elements need 76; allowed: a complete IDX file"),
     (10, "IDX header declares 3 dimensions (16 bytes) but the file holds only 10 bytes"),
     (2, "2 bytes is too short for the 4-byte IDX magic number"),
 ])
@@ -80,7 +82,8 @@ def test_too_long(tmp_path: Path) -> None:
     path = tmp_path / "labels"
     write_idx(path, np.zeros(4, dtype=np.int32))
     path.write_bytes(path.read_bytes() + b"\x00")
-    with pytest.raises(IdxError, match=r"expected 16 bytes of int32 data for 4, found 17"):
+    with pytest.raises(IdxError, match=r"labels: truncated or padded: 25 bytes \(with the header\), "
+                                       r"the header's 4 int32 elements need 24"):
         read_idx(path)
 
 
@@ -96,13 +99,13 @@ def test_wrong_magic(tmp_path: Path, header: bytes, message: str) -> None:
 
 
 def test_corrupt_gzip(tmp_path: Path) -> None:
-    """Test that a damaged gzip stream raises IdxError naming the file."""
+    """Test that a damaged gzip stream raises a one-line DataError naming the file."""
     path = tmp_path / "x.gz"
     write_idx(path, np.arange(1000, dtype=np.uint8))
     data = bytearray(path.read_bytes())
     data[20:30] = b"\xff" * 10
     path.write_bytes(bytes(data[:-4]))
-    with pytest.raises(IdxError, match="^" + re.escape(f"{path}: corrupt gzip data")):
+    with pytest.raises(DataError, match="^" + re.escape(f"{path}: corrupt or truncated gzip data")):
         read_idx(path)
 
 

@@ -7,7 +7,8 @@ Format (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"): a 4-byte magi
 `00 00 TT NN` where TT is the element type and NN the number of dimensions, then NN big-endian
 uint32 sizes, then the elements in C order, big-endian. A file is gzip-compressed when it starts
 with the gzip magic bytes `1f 8b`, whatever its name. Every malformed file raises `IdxError`, a
-one-line message naming the file and the exact mismatch.
+one-line message naming the file and the exact mismatch. One reader, `IdxSource`, reads rows in
+parts for training; `read_idx` reads a whole file through it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,17 @@ import numpy as np
 
 from hvdl.data.chunks import Piece
 from hvdl.data.formats.arrays import Block, check_lengths, label_files, same_schema
-from hvdl.data.formats.base import DataError, Local, Source, Spec, check_readable, is_gzip
+from hvdl.data.formats.base import (
+    DataError,
+    Local,
+    Source,
+    Spec,
+    check_readable,
+    decompress,
+    default_cache,
+    is_gzip,
+)
 from hvdl.errors import BadInput
-
-GZIP_MAGIC = b"\x1f\x8b"
 
 # IDX type code -> big-endian NumPy dtype of the stored elements.
 TYPES: dict[int, np.dtype] = {
@@ -46,17 +53,6 @@ class IdxError(BadInput):
 def _shape_text(dims: tuple[int, ...]) -> str:
     """Dimensions as `60000×28×28`."""
     return "×".join(str(d) for d in dims)
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The decompressed contents of `path`; gzip is detected by its magic bytes."""
-    raw = path.read_bytes()
-    if not raw.startswith(GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise IdxError(f"{path}: corrupt gzip data ({exc})") from None
 
 
 def parse_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -80,27 +76,20 @@ def parse_header(data: bytes, path: Path) -> tuple[np.dtype, tuple[int, ...], in
     return TYPES[code], dims, header_len
 
 
-def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
-    """The array stored in the IDX file `path` (raw or gzip), in native byte order.
-
-    ndim: if given, the number of dimensions the file must declare.
-    Raises IdxError for a bad magic number, a corrupt gzip stream, a dimension count other
-    than `ndim`, or a payload whose length is not the product of the dimensions.
-    """
+def read_idx(path: str | os.PathLike, ndim: int | None = None,
+             local: Local | None = None) -> np.ndarray:
+    """The whole IDX file `path` as an array in native byte order, read by `IdxSource`, the
+    reader training uses (a gzip file through its decompressed copy: `local`, by default in the
+    cache folder). `ndim`: the number of dimensions the file must declare. Raises IdxError (or
+    DataError for a corrupt gzip stream) naming the file and what does not match."""
     path = Path(path)
-    data = _read_bytes(path)
-    dtype, dims, header_len = parse_header(data, path)
+    source = IdxSource([path], Spec(format="idx", path=str(path)),
+                       local=local or (lambda p: decompress(p, default_cache())))
+    dims = source.headers[0][1]
     if ndim is not None and len(dims) != ndim:
         raise IdxError(f"{path}: expected {ndim} dimensions, found {len(dims)} "
                        f"({_shape_text(dims)})")
-    expected = math.prod(dims) * dtype.itemsize
-    found = len(data) - header_len
-    if found != expected:
-        kind = dtype.newbyteorder("=").name
-        raise IdxError(f"{path}: expected {expected} bytes of {kind} data for "
-                       f"{_shape_text(dims)}, found {found}")
-    array = np.frombuffer(data, dtype=dtype, offset=header_len).reshape(dims)
-    return array.astype(dtype.newbyteorder("="))  # a writable copy in native byte order
+    return idx_rows(source.files[0], source.headers[0], Piece(0, 0, dims[0])).reshape(dims)
 
 
 def type_code(dtype: np.dtype) -> int:
@@ -128,18 +117,21 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 # --- IDX files as a dataset read in parts (the one IDX reader of training) --------------------
 
-def idx_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
-    """(element type, dimensions, header length) of a raw IDX file, checked against its size."""
+def idx_header(path: Path, named: Path | None = None) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(element type, dimensions, header length) of a raw IDX file, checked against its size;
+    errors name `named`, the file as the user gave it (a gzip file, not its copy)."""
+    named = named or path
     check_readable(path)
     with open(path, "rb") as f:
         head = f.read(4 + 4 * 255)
-    dtype, dims, header_len = parse_header(head, path)
+    dtype, dims, header_len = parse_header(head, named)
     expected = header_len + math.prod(dims) * dtype.itemsize
     size = path.stat().st_size
     if size != expected:
-        raise IdxError(f"{path}: truncated or padded: {size} bytes, the header's "
-                           f"{'×'.join(map(str, dims))} {dtype.newbyteorder('=').name} "
-                           f"elements need {expected}; allowed: a complete IDX file")
+        what = "decompressed, " if named != path else ""
+        raise IdxError(f"{named}: truncated or padded: {size} bytes ({what}with the header), "
+                       f"the header's {_shape_text(dims)} {dtype.newbyteorder('=').name} "
+                       f"elements need {expected}; allowed: a complete IDX file")
     return dtype, dims, header_len
 
 
@@ -148,21 +140,22 @@ class IdxSource(Source):
 
     def __init__(self, files: list[Path], spec: Spec, *, local: Local, **_: Any) -> None:
         self.originals, self.files = files, [local(f) if is_gzip(f) else f for f in files]
-        self.headers = [idx_header(f) for f in self.files]
+        self.headers = [idx_header(f, g) for f, g in zip(self.files, files, strict=True)]
         same_schema([(h[1][1:], str(h[0])) for h in self.headers], self.files, "examples of")
         self.dtype = self.headers[0][0].newbyteorder("=")
         self.shape = self.headers[0][1][1:] or (1,)
         self.file_rows = [h[1][0] for h in self.headers]
         self.label_files = label_files(spec, files)
         if self.label_files is not None:
-            self.label_files = [local(f) if is_gzip(f) else f for f in self.label_files]
-            self.label_headers = [idx_header(f) for f in self.label_files]
-            for f, (_, dims, _) in zip(self.label_files, self.label_headers):
+            named = self.label_files
+            self.label_files = [local(f) if is_gzip(f) else f for f in named]
+            self.label_headers = [idx_header(f, g)
+                                  for f, g in zip(self.label_files, named, strict=True)]
+            for f, (_, dims, _) in zip(named, self.label_headers):
                 if len(dims) != 1:
                     raise DataError(f"{f}: labels of {len(dims)} dimensions; allowed: a 1-d IDX "
                                     "file, one label per row")
-            check_lengths(self.file_rows, [h[1][0] for h in self.label_headers], self.files,
-                          self.label_files)
+            check_lengths(self.file_rows, [h[1][0] for h in self.label_headers], files, named)
             self.label_name = spec.label
 
     def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
