@@ -82,8 +82,8 @@ def test_too_long(tmp_path: Path) -> None:
     path = tmp_path / "labels"
     write_idx(path, np.zeros(4, dtype=np.int32))
     path.write_bytes(path.read_bytes() + b"\x00")
-    with pytest.raises(IdxError, match=r"labels: truncated or padded: 25 bytes \(with the header\), "
-                                       r"the header's 4 int32 elements need 24"):
+    with pytest.raises(IdxError, match=r"labels: truncated or padded: 25 bytes \(with the "
+                                       r"header\), the header's 4 int32 elements need 24"):
         read_idx(path)
 
 
