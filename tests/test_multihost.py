@@ -321,3 +321,27 @@ def test_elastic_run_goes_on_after_a_host_crash_and_takes_in_a_host_added_later(
     history = json.loads((run_dir / "metrics.json").read_text())["train"]
     assert [e["epoch"] for e in history] == [1, 2, 3, 4, 5, 6], history
     assert history[-1]["ranks"] == 2, history
+
+
+def test_scaling_script_measures_shared_memory_and_two_hosts_and_fits_both(cluster, shared):
+    """Test that launch/scaling.sh on a tiny grid measures 2 ranks here and 2 ranks on two
+    hosts of the cluster (already up: the script leaves it up), and fits a latency and a
+    bandwidth to each link."""
+    proc = subprocess.run(["bash", "launch/scaling.sh"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600,
+                          env={**os.environ, "OUT": str(shared), "HOSTS": "2", "REPEATS": "3",
+                               "SIZES": "1024 65536 1048576", "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    here = json.loads((shared / "shm-2.json").read_text())
+    across = json.loads((shared / "tcp-2.json").read_text())
+    assert (here["ranks"], len(here["hosts"]), across["ranks"]) == (2, 1, 2)
+    assert across["hosts"] == ["node1", "node2"] and across["engine"] == "mpi"
+    assert [r["bytes"] for r in across["rows"]] == [1024, 65536, 1048576]
+    assert all(r["median_s"] > 0 and r["repeats"] == 3 for r in across["rows"])
+    links = {k["name"]: k for k in json.loads((shared / "scaling.json").read_text())["links"]}
+    for name in ("this machine, shm", "this machine, tcp"):
+        assert links[name]["alpha"] > 0 and links[name]["beta"] > 0, links[name]
+    assert (shared / "scaling.png").is_file()
+    assert "## The fit" in (shared / "scaling.md").read_text()
+    assert subprocess.run(["bash", "launch/local-cluster.sh", "status"],
+                          capture_output=True).returncode == 0  # left as it was found
