@@ -21,6 +21,7 @@
 #   rbm 784-500 CD-1   30 s  rbm_mnist, 3 epochs of batch 100: samples/s of the last epoch
 #   rbm ... batch 1000 20 s  the same at batch 1000 (is batch 100 launch-bound?)
 #   bench 1 rank       60 s  python -m hvdl.bench: hvdl's loop against a plain PyTorch loop
+#   scaling report           results/scaling's projections with this GPU's steps (CPU, seconds)
 #   recipe NAME        80 s  in all, shared by every other recipe (lenet5_fast and rbm_mnist ran
 #                            above): 100 steps a stage, once each, one process: samples/s
 #   peak GPU memory          torch.cuda.max_memory_allocated of every run, and nvidia-smi's
@@ -484,6 +485,15 @@ finish "rbm 784-500 CD-1 batch 1000" figures rbm "$run_dir" 1000
 run_part "bench 1 rank" "$(cap 60)" "$py" -m hvdl.bench --models lenet5 sae rbm dbn --ranks 1 \
     --variants plain hvdl --repeats 1 --steps 500 --warmup 50 --out "$out/bench"
 finish "bench 1 rank" figures bench "$out/bench/bench.json"
+
+# The scaling projections (results/scaling) again with this GPU's compute a step: no device time,
+# a few seconds of the CPU; its last line names the folder.
+if [[ -f $out/bench/bench.json ]] && compgen -G "results/scaling/tcp-*.json" >/dev/null; then
+    run_part "scaling report" 20 "$py" -m hvdl.bench.scaling report \
+        results/scaling/shm-2.json results/scaling/tcp-*.json --bench "$out/bench/bench.json" \
+        --out "$out/scaling"
+    finish "scaling report"
+fi
 
 # Every other recipe once, 100 steps a stage (an RBM stack has one stage per layer; L-BFGS
 # stages take 25 iterations), the loop's 80 s shared among them.
