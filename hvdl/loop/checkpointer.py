@@ -85,8 +85,8 @@ class Checkpointer:
         if self.steps and batch == self.steps:  # the epoch's end checkpoints; a stop waits
             return
         every = self.config.checkpoint_every
-        due = step % every == 0 if self.steps else step - self.saved_at >= every
-        saved = bool(every) and due
+        saved = bool(every) and (step % every == 0 if self.steps else
+                                 step - self.saved_at >= every)
         if saved:
             self.save(batch, step)
         signal_name = self.stop.agreed(step)
