@@ -37,7 +37,7 @@ def read_all(source, per_chunk=7):
 
 
 def counted(source):
-    if hasattr(source, "splits"):
+    if source.splits:  # a CSV: its records counted first
         source.set_counts([source.count(i) for i in range(len(source.splits))])
     return source
 

@@ -8,8 +8,8 @@ import scipy.io
 import torch
 from skimage import io
 
-from hvdl.data import patches as P
 from hvdl.data.chunks import Piece
+from hvdl.data.formats import patches as P
 
 
 def simulated_ranks(work, shards):
