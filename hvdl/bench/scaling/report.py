@@ -23,6 +23,7 @@ from hvdl.bench.scaling.model import (
     families,
     fit,
     last_gain,
+    ring,
 )
 
 
@@ -75,6 +76,26 @@ def tables(measured: list[dict[str, Any]], fams: list[Family]) -> tuple[str, lis
     return "\n".join(lines), links
 
 
+def two_ranks(bench: Path, fams: list[Family], links: list[Link]) -> str:
+    """The model at 2 ranks over shared memory against the benchmark's measured 2-rank runs
+    (mpi engine): how far the model's simplifications go on this machine."""
+    shm = next((k for k in links if k.name == "this machine, shm"), None)
+    rows = {r["model"]: r for r in json.loads(bench.read_text())["summary"]
+            if r["ranks"] == 2 and r["impl"] == "hvdl-mpi"}
+    if shm is None or not rows:
+        return ""
+    lines = ["## The model at 2 ranks here, against the benchmark's measured 2-rank runs", "",
+             "| family | allreduce: model | measured wait | efficiency: model | measured |",
+             "|---|---:|---:|---:|---:|"]
+    for f in fams:
+        if f.name in rows:
+            r = rows[f.name]
+            model_ms = 1e3 * ring(2, f.grad_bytes, shm.alpha, shm.beta)
+            lines.append(f"| {f.name} | {model_ms:.2f} ms | {r['allreduce_ms']['median']:.2f} ms | "
+                         f"{percent(efficiency(f, shm, 2))} | {percent(r['efficiency'])} |")
+    return "\n".join(lines) + "\n\n"
+
+
 def moves(fams: list[Family], link: Link) -> str:
     """Where each family stops gaining on `link` (a GPU step), and what moves that point."""
     ways = [("as it is", {}), ("per-rank batch ×4", {"batch_x": 4}),
@@ -110,7 +131,7 @@ def plot(fams: list[Family], links: list[Link], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(fams), figsize=(4 * len(fams), 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(fams), figsize=(4 * len(fams), 4.6), sharey=True)
     for ax, f in zip(np.atleast_1d(axes), fams):
         for i, link in enumerate(links):
             color = f"C{i}"
@@ -123,8 +144,11 @@ def plot(fams: list[Family], links: list[Link], out: Path) -> None:
                ylim=(0, 1.02))
         ax.set_xticks(RANKS[::3], [str(n) for n in RANKS[::3]])
     np.atleast_1d(axes)[0].set_ylabel("weak-scaling efficiency")
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False,
+               title=f"solid: this machine's CPU step; dashed: an assumed {1e3 * GPU_STEP_S:g} "
+                     "ms GPU step", title_fontsize=8)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -135,7 +159,8 @@ def report(args: argparse.Namespace) -> int:
     fams = families(Path(args.bench))
     text, links = tables(measured, fams)
     check = efficiency(HOROVOD, LINKS[0], 512)
-    text += "\n\n" + moves(fams, LINKS[0]) + "\n\n" + "\n".join([
+    text += "\n\n" + two_ranks(Path(args.bench), fams, links) + moves(fams, LINKS[0])
+    text += "\n\n" + "\n".join([
         "## Against Horovod's published figure", "",
         f"{HOROVOD.name}: {size_text(HOROVOD.grad_bytes)} of gradients, at most "
         f"{HOROVOD.compute_s:.3f} s of compute a step; the model gives {percent(check)} at 512 "
