@@ -11,9 +11,10 @@ included (an edge a → b for every `import`/`from ... import` of b anywhere in 
 `if TYPE_CHECKING:`).
 
 Moves: how often a reader following the code from `hvdl/train.py`'s `main` to the first optimizer
-step changes file, counted by tracing a real run: every call into or return to a function of
-hvdl/ whose file differs from the last such event's file is one move. Two runs: LeNet-5 on
-MNIST under `mpirun -np 2` (rank 0 traced) and a DBN on a CSV table in one process.
+step changes file, counted by tracing a real run: the functions of hvdl/ in the order the run
+first calls each (a reader reads each once, loops and repeats not again), and a move wherever
+one's file differs from the one before. Two runs: LeNet-5 on MNIST under `mpirun -np 2` (rank 0
+traced) and a DBN on a CSV table in one process.
 """
 
 from __future__ import annotations
@@ -37,29 +38,24 @@ TRACER = """
 import os, runpy, sys
 package = os.path.join(sys.argv[1], "hvdl") + os.sep
 out = sys.argv[2]
-state = {"last": None, "moves": 0, "done": False}
+state = {"last": None, "moves": 0, "done": False, "seen": set()}
 
 def hook(frame, event, arg):
-    if state["done"] or event not in ("call", "return"):
+    if state["done"] or event != "call":
         return
-    name = frame.f_code.co_filename
-    if event == "call" and frame.f_code.co_name == "step" and "torch/optim/" in name:
+    code = frame.f_code
+    if code.co_name == "step" and "torch/optim/" in code.co_filename:
         state["done"] = True
         if os.environ.get("OMPI_COMM_WORLD_RANK", "0") == "0":
             with open(out, "w") as f:
                 f.write(str(state["moves"]))
         sys.setprofile(None)
         return
-    if name.startswith(package):
-        here = name[len(package):] if event == "call" else None
-        if event == "return":
-            back = frame.f_back
-            while back is not None and not back.f_code.co_filename.startswith(package):
-                back = back.f_back
-            here = back.f_code.co_filename[len(package):] if back is not None else None
-        if here is not None and here != state["last"]:
-            if state["last"] is not None:
-                state["moves"] += 1
+    if code.co_filename.startswith(package) and code not in state["seen"]:
+        state["seen"].add(code)  # a reader reads each function once, where the run first calls it
+        here = code.co_filename[len(package):]
+        if here != state["last"]:
+            state["moves"] += state["last"] is not None
             state["last"] = here
 
 sys.argv = ["hvdl.train", *sys.argv[3:]]
