@@ -17,6 +17,7 @@ import torch
 from hvdl import dist, metrics
 from hvdl.data import dataset
 from hvdl.data.convert.writers import Layout, open_writer
+from hvdl.data.settings import Settings
 from hvdl.data.shard import Shard
 from hvdl.errors import BadInput
 from hvdl.families import Trained, in_model_type, with_overrides
@@ -139,7 +140,8 @@ def evaluation(trained: Trained, argv: list[str], data_dir: str = "") -> dict[st
     config = with_overrides(trained, argv, data_dir)
     ctx = dist.start(config, training=False)
     family = trained.family
-    data = dataset.load(config, ctx, labels=family.classifier is not None, images=family.images,
+    data = dataset.load(Settings.of(config), ctx, labels=family.classifier is not None,
+                        images=family.images,
                         given=trained.data, splits=("test",))
     if data.test is None:
         raise BadInput(f"the checkpoint's data ({config.data.path or config.data.format}) has "
@@ -158,7 +160,7 @@ def encoding(trained: Trained, out: Path, layer: int | None, fmt: str, argv: lis
     config = with_overrides(trained, argv, data_dir)
     check_out(out)
     ctx = dist.start(config, training=False)
-    data = dataset.load(config, ctx, images=trained.family.images, given=trained.data,
+    data = dataset.load(Settings.of(config), ctx, images=trained.family.images, given=trained.data,
                         splits=("all",))
     if ctx.is_root:
         out.mkdir(parents=True, exist_ok=True)

@@ -175,8 +175,10 @@ class RunLog:
             self.metrics.update(metrics)
             self.write_json("metrics.json", self.metrics)
 
-    def record_data(self, info: dict[str, Any]) -> None:
-        """The dataset's record: data.json, and its summary in metadata.json."""
+    def record_data(self, info: dict[str, Any], line: str) -> None:
+        """The dataset's record (hvdl/data/dataset.py's `Data.info`): `line` on the console,
+        data.json, and its summary in metadata.json."""
+        self.print(line)
         self.dataset = info
         if not self.is_root:
             return

@@ -20,6 +20,7 @@ from hvdl import config as configlib
 from hvdl.config import ConfigError
 from hvdl.config_rules import fit_layers
 from hvdl.data import dataset
+from hvdl.data.settings import Settings
 from hvdl.dist import Context
 from procs import job_env
 
@@ -77,6 +78,11 @@ def config(*opts, model="dbn_small"):
     return configlib.load(model, ["--data.scale", "none", *opts])
 
 
+def settings(*opts, model="dbn_small"):
+    """The data settings of config(*opts), what dataset.load reads."""
+    return Settings.of(config(*opts, model=model))
+
+
 def batches(shard, epoch, start=0):
     return [(x.clone(), None if y is None else y.clone()) for x, y in shard.batches(epoch, start)]
 
@@ -90,9 +96,9 @@ def test_streamed_and_held_shards_serve_the_same_batches(tmp_path, fmt, rank, si
     opts = (npy_data(tmp_path)[1] if fmt == "npy" else  # 300 images: fewer files to write
             format_data(tmp_path, fmt, rows=300 if fmt == "images" else ROWS))
     opts += ["--batch_size", "10", "--data.chunk_mb", "0.001", "--data.buffer_mb", "0.01"]
-    held = dataset.load(config(*opts, "--data.memory", "device"), context(rank, size),
+    held = dataset.load(settings(*opts, "--data.memory", "device"), context(rank, size),
                         labels=True).train
-    streamed = dataset.load(config(*opts, "--data.memory", "stream"), context(rank, size),
+    streamed = dataset.load(settings(*opts, "--data.memory", "stream"), context(rank, size),
                             labels=True).train
     assert held.held and not streamed.held and held.steps == streamed.steps > 0
     assert len(held.order.windows(0)) > 2  # the shuffle windows are smaller than the shard
@@ -123,8 +129,8 @@ def test_a_prefetched_stream_serves_the_held_batches_from_its_start(tmp_path, sc
     _, opts = npy_data(tmp_path)
     opts += ["--batch_size", "10", "--data.chunk_mb", "0.001", "--data.buffer_mb", "0.01",
              "--data.scale", scale]
-    held = dataset.load(config(*opts, "--data.memory", "device"), context(), labels=True).train
-    streamed = dataset.load(config(*opts, "--data.memory", "stream"), context(),
+    held = dataset.load(settings(*opts, "--data.memory", "device"), context(), labels=True).train
+    streamed = dataset.load(settings(*opts, "--data.memory", "stream"), context(),
                             labels=True).train
     streamed.prefetch(1, 37)
     reader = streamed.reader
@@ -148,13 +154,14 @@ def test_a_run_that_ends_while_its_stream_reads_ahead_exits_cleanly(tmp_path):
 import torch
 from hvdl import config
 from hvdl.data import dataset
+from hvdl.data.settings import Settings
 from hvdl.dist import Context
 ctx = Context(rank=0, size=1, local_rank=0, local_size=1, device=torch.device("cpu"),
               threads=1, controller="single")
 cfg = config.load("rbm_mnist", ["--data.path", "{tmp_path / 'x.npy'}", "--data.memory",
                                 "stream", "--data.buffer_mb", "256", "--batch_size", "1000",
                                 "--data.scale", "none"])
-shard = dataset.load(cfg, ctx).train
+shard = dataset.load(Settings.of(cfg), ctx).train
 first = len(shard.needed(0)[0].order) // 1000
 for k, (x, _) in enumerate(shard.batches(0)):
     if k == first:  # the first batch of window 2: the reader has just begun window 3
@@ -170,7 +177,7 @@ assert shard.reader.thread.is_alive()
 def test_an_epoch_serves_distinct_rows_and_reshuffles(tmp_path):
     """Test that an epoch's batches hold distinct rows and the next epoch orders them anew."""
     _, opts = npy_data(tmp_path)
-    shard = dataset.load(config(*opts, "--batch_size", "32"), context()).train
+    shard = dataset.load(settings(*opts, "--batch_size", "32"), context()).train
     first = torch.cat([x[:, 0] for x, _ in shard.batches(0)])
     again = torch.cat([x[:, 0] for x, _ in shard.batches(0)])
     other = torch.cat([x[:, 0] for x, _ in shard.batches(1)])
@@ -181,7 +188,7 @@ def test_an_epoch_serves_distinct_rows_and_reshuffles(tmp_path):
 def test_simulated_ranks_share_the_rows_out_disjointly(tmp_path):
     """Test that the shards of 3 ranks are disjoint, cover the data and take equal steps."""
     _, opts = npy_data(tmp_path)
-    shards = [dataset.load(config(*opts, "--data.chunk_mb", "0.002"), context(r, 3)).train
+    shards = [dataset.load(settings(*opts, "--data.chunk_mb", "0.002"), context(r, 3)).train
               for r in range(3)]
     ids = [torch.cat([x[:, 0] for x, _ in s.scan()]) for s in shards]
     together = torch.cat(ids)
@@ -192,7 +199,7 @@ def test_simulated_ranks_share_the_rows_out_disjointly(tmp_path):
 def test_labels_map_to_one_sorted_vocabulary_and_layers_come_from_the_data(tmp_path):
     """Test that string labels become indices of the sorted classes, and 0s in layers are filled."""
     x, opts = npy_data(tmp_path)
-    data = dataset.load(config(*opts, "--layers", "0,20,0"), context(), labels=True)
+    data = dataset.load(settings(*opts, "--layers", "0,20,0"), context(), labels=True)
     assert data.classes == ("ant", "bee", "cat")
     raw = np.load(tmp_path / "y.npy")
     order = torch.cat([x[:, 0] for x, _ in data.train.scan()]).long().numpy()
@@ -211,7 +218,7 @@ def test_scales_use_the_whole_training_set(tmp_path, scale):
     """Test that every simulated rank scales with the statistics of the whole training set."""
     x, opts = npy_data(tmp_path, labels=False)
     opts += ["--data.test_fraction", "0.2", "--data.scale", scale]
-    shards = [dataset.load(config(*opts), context(r, 2)) for r in range(2)]
+    shards = [dataset.load(settings(*opts), context(r, 2)) for r in range(2)]
     train = torch.cat([torch.cat([b for b, _ in d.train.scan()]) for d in shards]).double()
     if scale == "unit":
         ids = np.rint(train[:, 0].numpy() * 255).astype(int)
@@ -233,7 +240,7 @@ def test_image_shaped_examples_are_standardised_per_channel(tmp_path):
     rng = np.random.default_rng(2)
     x = np.stack([rng.normal(10, 2, (200, 16)), rng.normal(-3, 5, (200, 16))], axis=1)
     np.save(tmp_path / "img.npy", x.reshape(200, 2, 4, 4).astype(np.float32))
-    data = dataset.load(config("--data.path", str(tmp_path / "img.npy"), "--data.scale",
+    data = dataset.load(settings("--data.path", str(tmp_path / "img.npy"), "--data.scale",
                                "standardize", model="lenet5"), context(), images=False)
     shift = np.array(data.info["scale"]["shift"]).reshape(2, 16)
     assert np.allclose(shift, shift[:, :1]) and abs(shift[0, 0] - 10) < 0.5
@@ -243,9 +250,9 @@ def test_image_shaped_examples_are_standardised_per_channel(tmp_path):
 def test_a_given_record_reads_new_data_as_training_did(tmp_path):
     """Test that a checkpoint's classes and scale are applied as they are to other data."""
     x, opts = npy_data(tmp_path)
-    first = dataset.load(config(*opts, "--data.scale", "standardize"), context(), labels=True)
+    first = dataset.load(settings(*opts, "--data.scale", "standardize"), context(), labels=True)
     x2, opts2 = npy_data(tmp_path / "..", seed=5)
-    again = dataset.load(config(*opts2, "--data.scale", "standardize"), context(), labels=True,
+    again = dataset.load(settings(*opts2, "--data.scale", "standardize"), context(), labels=True,
                          given=first.info)
     assert again.info["scale"] == first.info["scale"] and again.classes == first.classes
 
@@ -257,7 +264,7 @@ def test_a_small_training_subset_leaves_the_test_file_cut_by_its_own_size(tmp_pa
 
     _, opts = npy_data(tmp_path, labels=False)
     np.save(tmp_path / "t.npy", np.ones((5000, FEATURES), np.float32))
-    data = dataset.load(config(*opts, "--data.test_path", str(tmp_path / "t.npy"),
+    data = dataset.load(settings(*opts, "--data.test_path", str(tmp_path / "t.npy"),
                                "--train_size", "100", "--batch_size", "10"), context())
     assert len(data.train.order.piece_rows) == 100  # the training subset: one row a chunk
     assert sum(data.test.order.piece_rows) == 5000

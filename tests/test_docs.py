@@ -18,6 +18,8 @@ from hvdl import config as configlib
 from hvdl import train as train_command
 from hvdl.data import dataset
 from hvdl.data.formats.base import default_cache
+from hvdl.data.record import startup_line
+from hvdl.data.settings import Settings
 from hvdl.dist import Context
 from procs import ROOT
 
@@ -201,21 +203,6 @@ def npy(tmp_path, rows=1000, features=16):
     return ["--data.path", str(tmp_path / "x.npy"), "--layers", "0,20"]
 
 
-class Printer:
-    """The little of a RunLog that `dataset.load` uses: its lines and data record."""
-
-    dir = None
-
-    def __init__(self):
-        self.lines = []
-
-    def print(self, line):
-        self.lines.append(line)
-
-    def record_data(self, info):
-        self.info = info
-
-
 def cpu(local_size=1):
     return Context(rank=0, size=1, local_rank=0, local_size=local_size,
                    device=torch.device("cpu"), threads=1, controller="single")
@@ -225,14 +212,13 @@ def cpu(local_size=1):
 def test_auto_memory_holds_a_shard_within_the_budget_and_says_so(tmp_path, budget_mb, held):
     """Test that `data.memory auto` holds a shard within `data.budget_mb` and streams a larger
     one, and that the start-up line names the mode, the shard's size and the budget."""
-    run = Printer()
     config = configlib.load("rbm_mnist", [*npy(tmp_path), "--data.budget_mb", budget_mb])
-    shard = dataset.load(config, cpu(), run).train
+    data = dataset.load(Settings.of(config), cpu())
     try:
-        assert shard.held is held
+        assert data.train.held is held
     finally:
-        shard.close()
-    (line,) = [x for x in run.lines if x.startswith("hvdl: data:")]
+        data.train.close()
+    line = startup_line(data.info, cpu())
     assert "shard 1,000 rows (0.1 MB) per rank" in line, line
     assert f"budget {float(budget_mb):,.0f} MB" in line, line
     assert ("held in memory on cpu" if held else "streamed through a 1024 MB buffer") in line

@@ -43,6 +43,7 @@ def worker(spec_path: str, out_dir: str) -> int:
     from hvdl import dist, host
     from hvdl.data import dataset, plan
     from hvdl.data.formats import arrays, delimited, images, parquet  # noqa: F401
+    from hvdl.data.settings import Settings
 
     Image.init()
     host.rss_mb()
@@ -62,7 +63,7 @@ def worker(spec_path: str, out_dir: str) -> int:
         counted.clear()
         dist.barrier()
         before = rchar()
-        data = dataset.load(config, ctx, labels=True)
+        data = dataset.load(Settings.of(config), ctx, labels=True)
         read = rchar() - before
         shard, source = data.train, counted["source"]
         mine = data.info["shards"][ctx.rank]["pieces"]

@@ -1,7 +1,8 @@
-"""One way to give a rank its shard of any dataset: `load(config, ctx, run)`.
+"""One way to give a rank its shard of any dataset: `load(Settings.of(config), ctx)`.
 
-    data = load(config, ctx, run, labels=True, images=True)    # the cnn family's call
-    for x, y in data.train.batches(epoch): ...                  # (B, 1, 28, 28), (B,)
+    data = load(Settings.of(config), ctx, labels=True, images=True)   # the cnn family's call
+    run.record_data(data.info, startup_line(data.info, ctx))            # data.json, one line
+    for x, y in data.train.batches(epoch): ...                          # (B, 1, 28, 28), (B,)
 
 In order, on every rank: open the split(s) (`data.format`, `data.path`, `data.test_path`;
 MNIST and natural-image patches are datasets like any other); count a CSV's records (the ranks
@@ -9,10 +10,11 @@ share the splits); cut, permute, hold out and deal the chunks (hvdl/data/chunks.
 rank's pieces: check them, count labels, gather moments (hvdl/data/survey.py); agree on the
 class vocabulary and the normalisation over all ranks; hold the shard on the device if it fits
 `data.budget_mb`, else stream it (`data.memory`, hvdl/data/stream.py). A bad input found by any
-rank is raised on every rank, so rank 0 prints it and all exit together. The run folder gets
-`data.json`: paths, format, rows, columns, a fingerprint of the files, the classes, the
-normalisation, the chunking and every rank's pieces; checkpoints carry the classes and the
-normalisation, so `given` (a checkpoint's record) reads new data exactly as training did.
+rank is raised on every rank, so rank 0 prints it and all exit together. `Data.info` is the
+record the caller writes to the run folder's `data.json`: paths, format, rows, columns, a
+fingerprint of the files, the classes, the normalisation, the chunking and every rank's pieces;
+checkpoints carry the classes and the normalisation, so `given` (a checkpoint's record) reads new
+data exactly as training did.
 
 Under elastic training no collective may run outside Horovod's elastic loop, so each rank then
 surveys all of the training data itself (and reaches the same figures); the dealing follows the
@@ -30,7 +32,6 @@ from typing import Any, Callable
 import torch
 
 from hvdl import host
-from hvdl.config import Config
 from hvdl.data import chunks, formats
 from hvdl.data.chunks import Order, Piece
 from hvdl.data.formats.base import DataError, Source, default_cache
@@ -47,7 +48,8 @@ from hvdl.data.plan import (
     served_shape,
     stored_shape,
 )
-from hvdl.data.record import record, startup_line
+from hvdl.data.record import record
+from hvdl.data.settings import Settings
 from hvdl.data.shard import DeviceShard, Shard, Shards
 from hvdl.data.stream import StreamShard
 from hvdl.data.survey import (
@@ -140,7 +142,7 @@ class Split:
     hold: bool  # held on the device, else streamed
 
 
-def open_data(config: Config, ctx: Context, sharing: Sharing, labels: bool,
+def open_data(config: Settings, ctx: Context, sharing: Sharing, labels: bool,
               whole: bool) -> tuple[Source, Plan]:
     """The training source and the plan of who reads what (the test source is in the plan)."""
     spec = config.data
@@ -186,8 +188,8 @@ class Request:
         return split in self.splits or (split == "train" and self.whole)
 
 
-def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
-         images: bool = False, held: bool = False, given: dict[str, Any] | None = None,
+def load(config: Settings, ctx: Context, *, labels: bool = False, images: bool = False,
+         held: bool = False, given: dict[str, Any] | None = None,
          splits: tuple[str, ...] = ("train", "test")) -> Data:
     """This rank's shards of the configured dataset (see the module docstring).
 
@@ -195,8 +197,9 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
     whole shard in memory (full-batch training); given: a checkpoint's data record, whose
     classes and normalisation are used instead of new ones; splits: which shards to build,
     "train" and "test", or "all": every row of data.path in file order, nothing held out, as
-    the training shard in storage order (what `hvdl encode` reads). With `run`, the record goes
-    to the run folder's data.json and its start-up line to the console.
+    the training shard in storage order (what `hvdl encode` reads). `config`: a run's data
+    settings (hvdl/data/settings.py); the caller logs the returned `Data.info` (its one line:
+    hvdl/data/record.py's `startup_line`).
     """
     started, rss_before = time.perf_counter(), host.rss_mb()
     want, sharing = Request(labels, images, held, given, splits), Sharing(ctx)
@@ -221,9 +224,6 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
                                         "data.pieces"),
                   memory=sharing.gather([rss_before, host.rss_mb()], "data.rss"),
                   seconds=time.perf_counter() - started)
-    if run is not None:
-        run.record_data(info)
-        run.print(startup_line(info, ctx))
 
     def reload(new: Context) -> tuple[Shard, Shard | None]:
         again = load(config, new, labels=labels, images=images, held=held, given=info,
@@ -234,7 +234,7 @@ def load(config: Config, ctx: Context, run: Any = None, *, labels: bool = False,
                 classes.names if classes else None, info, reload, (ctx.rank, ctx.size))
 
 
-def test_split_shard(config: Config, sharing: Sharing, test: Split, layout: tuple[int, ...],
+def test_split_shard(config: Settings, sharing: Sharing, test: Split, layout: tuple[int, ...],
                      built: dict[str, Any]) -> tuple[Shard, Survey]:
     """The test shard, every row once in storage order, and its checked survey."""
     found = read_split(test, sharing, shape=layout, moments=False, name="test")
@@ -247,7 +247,7 @@ def test_split_shard(config: Config, sharing: Sharing, test: Split, layout: tupl
     return shard, found[0]
 
 
-def deal(config: Config, sharing: Sharing, source: Source, p: Plan,
+def deal(config: Settings, sharing: Sharing, source: Source, p: Plan,
          want: Request) -> tuple[Split, Split]:
     """This rank's pieces of each split, whether each is held or streamed; the source made
     ready over every rank's pieces (patches fit their normalisation)."""
@@ -266,7 +266,7 @@ def deal(config: Config, sharing: Sharing, source: Source, p: Plan,
             Split(p.test_source, mine_test, p.test, test_hold))
 
 
-def agree(config: Config, source: Source, found: Survey, layout: tuple[int, ...],
+def agree(config: Settings, source: Source, found: Survey, layout: tuple[int, ...],
           given: dict[str, Any] | None) -> tuple[Classes | None, Scale]:
     """The class vocabulary and the normalisation: a checkpoint's (`given`), else the whole
     training set's, which every rank has from the merged survey."""
@@ -280,7 +280,7 @@ def agree(config: Config, source: Source, found: Survey, layout: tuple[int, ...]
     return classes, scale
 
 
-def train_split_shard(config: Config, sharing: Sharing, train: Split,
+def train_split_shard(config: Settings, sharing: Sharing, train: Split,
                       found: tuple[Survey, torch.Tensor | None, list], built: dict[str, Any],
                       p: Plan, whole: bool) -> Shard:
     """The training shard: batches in the chunk rule's order, or (`whole`) every row in

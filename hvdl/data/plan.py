@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from hvdl import dist, host
-from hvdl.config import Config, ConfigError
+from hvdl.config import ConfigError
 from hvdl.data import chunks
 from hvdl.data.chunks import Piece
 from hvdl.data.formats.base import DataError, Source, decompress, decompressed
+from hvdl.data.settings import Settings
 from hvdl.dist import Context
 from hvdl.errors import BadInput
 
@@ -96,7 +97,7 @@ class Plan:
     test_source: Source | None
 
 
-def plan(config: Config, train: Source, test: Source | None, whole: bool = False) -> Plan:
+def plan(config: Settings, train: Source, test: Source | None, whole: bool = False) -> Plan:
     """Cut the training source, permute and hold out (hvdl/data/chunks.py); `whole`: every row
     of it in file order, nothing held out (to encode a dataset)."""
     file_rows = train.file_rows
@@ -134,7 +135,7 @@ def check_sizes(n: int, ctx: Context, batch_size: int) -> None:
                           f"{n // ctx.size}")
 
 
-def budget(config: Config, ctx: Context) -> int:
+def budget(config: Settings, ctx: Context) -> int:
     """Bytes a shard may take on the device: data.budget_mb, else half its free memory."""
     if config.data.budget_mb:
         return int(config.data.budget_mb * 2**20)
@@ -143,7 +144,7 @@ def budget(config: Config, ctx: Context) -> int:
     return host.available_bytes() // 2 // max(1, ctx.local_size)
 
 
-def decide(config: Config, ctx: Context, sharing: Sharing, nbytes: int, held: bool) -> bool:
+def decide(config: Settings, ctx: Context, sharing: Sharing, nbytes: int, held: bool) -> bool:
     """Whether the shard is held on the device (True) or streamed; the same on every rank."""
     mode, limit = config.data.memory, budget(config, ctx)
     if mode == "auto":
@@ -161,7 +162,7 @@ def decide(config: Config, ctx: Context, sharing: Sharing, nbytes: int, held: bo
     return hold
 
 
-def stored_shape(config: Config, source: Source) -> tuple[int, ...]:
+def stored_shape(config: Settings, source: Source) -> tuple[int, ...]:
     """One example's shape: data.shape, else the stored one (it decides the scale's groups)."""
     shape = config.data.shape or source.shape
     if int(np.prod(shape)) != source.features:

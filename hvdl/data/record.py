@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from hvdl.config import Config
 from hvdl.data import chunks
 from hvdl.data.formats import data_format
 from hvdl.data.formats.base import Source, fingerprint
 from hvdl.data.formats.patches import PatchSource
 from hvdl.data.plan import Plan
+from hvdl.data.settings import Settings
 from hvdl.data.survey import Classes, Scale, Survey
 from hvdl.dist import Context
 
 
-def record(config: Config, source: Source, p: Plan, *, shape: tuple[int, ...],
+def record(config: Settings, source: Source, p: Plan, *, shape: tuple[int, ...],
            layout: tuple[int, ...], classes: Classes | None, scale: Scale, found: Survey,
            test_found: Survey | None,
            hold: bool, budget_bytes: int, pieces: list, memory: list,
@@ -58,7 +58,7 @@ def picture(source: Source, layout: tuple[int, ...]) -> list[int] | None:
     return list(layout) if len(layout) == 2 else None
 
 
-def test_text(config: Config, p: Plan) -> str | None:
+def test_text(config: Settings, p: Plan) -> str | None:
     """Where the test split comes from, in words."""
     if p.test_source is None or not p.test:
         return None

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from hvdl import loop, metrics
 from hvdl.config import Config
 from hvdl.data import dataset
+from hvdl.data.record import startup_line
+from hvdl.data.settings import Settings
 from hvdl.data.shard import Shard
 from hvdl.dist import Context
 from hvdl.models.cnn import LeNet5
@@ -40,7 +42,8 @@ def evaluate(model: torch.nn.Module, test: Shard | None,
 def train(config: Config, ctx: Context, run: RunLog,
           state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train LeNet-5 for `config.epochs`, evaluating on the test split after each epoch."""
-    data = dataset.load(config, ctx, run, labels=True, images=True)
+    data = dataset.load(Settings.of(config), ctx, labels=True, images=True)
+    run.record_data(data.info, startup_line(data.info, ctx))
     torch.manual_seed(config.seed)  # identical start on every rank, broadcast confirms it
     model = build(config, data.info).to(ctx.device)
     shards = data.shards()  # read by evaluate when it runs: elastic training deals them again

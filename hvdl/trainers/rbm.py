@@ -33,6 +33,8 @@ from hvdl import checkpoint, dist, loop, viz
 from hvdl.config import Config
 from hvdl.config_rules import fit_layers
 from hvdl.data import dataset
+from hvdl.data.record import startup_line
+from hvdl.data.settings import Settings
 from hvdl.data.shard import Shard, Shards
 from hvdl.dist import Context
 from hvdl.loop.checkpointer import RankState
@@ -63,7 +65,8 @@ def pretrained(config: Config, ctx: Context, run: RunLog, state: dict[str, Any] 
     """Load the data, then pretrain the stack greedily, or load a saved one. `targets` of the
     fine-tuning after it: "labels" (a DBN) or "input" (a deep autoencoder), whose batches of
     rbm.finetune_batch_size are checked against the data before any pretraining; "": none."""
-    data = dataset.load(config, ctx, run, labels=targets == "labels")
+    data = dataset.load(Settings.of(config), ctx, labels=targets == "labels")
+    run.record_data(data.info, startup_line(data.info, ctx))
     config = fit_layers(config, data)
     rbms = [rbm.to(ctx.device)
             for rbm in build_stack(config, torch.Generator().manual_seed(config.seed))]

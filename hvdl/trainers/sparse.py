@@ -26,6 +26,8 @@ from hvdl import checkpoint, dist, loop
 from hvdl.config import Config
 from hvdl.config_rules import fit_layers
 from hvdl.data import dataset
+from hvdl.data.record import startup_line
+from hvdl.data.settings import Settings
 from hvdl.data.shard import Shards
 from hvdl.dist import Context
 from hvdl.loop import lbfgs, sync
@@ -138,7 +140,8 @@ def sparse_data(config: Config, ctx: Context, run: RunLog,
                 labels: bool = False) -> tuple[dataset.Data, Shards, Config]:
     """The data, held in memory (J is taken over the whole shard), its shards in the weights'
     type, and the config with its layers fitted to it."""
-    data = dataset.load(config, ctx, run, labels=labels, held=True)
+    data = dataset.load(Settings.of(config), ctx, labels=labels, held=True)
+    run.record_data(data.info, startup_line(data.info, ctx))
     config = fit_layers(config, data)
     return data, data.shards().derived(lambda s: s.to(dtype(config))), config
 

@@ -19,6 +19,7 @@ import torch
 from hvdl import config as configlib
 from hvdl import dist
 from hvdl.data import dataset
+from hvdl.data.settings import Settings
 
 
 def ids(shard) -> list[int]:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, options in json.loads(Path(spec_path).read_text()).items():
         config = configlib.load("rbm_mnist", ["--data.scale", "none", "--layers", "0,4",
                                               *options])
-        data = dataset.load(config, ctx, labels=True)
+        data = dataset.load(Settings.of(config), ctx, labels=True)
         labels = torch.cat([y for _, y in data.train.scan()]).tolist()
         (out / f"{name}-rank{ctx.rank}.json").write_text(json.dumps({
             "train": ids(data.train), "test": ids(data.test), "steps": data.train.steps,

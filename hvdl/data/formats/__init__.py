@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from hvdl.config import Config
 from hvdl.data.formats import arrays, delimited, hdf5, idx, images, mnist, parquet
 from hvdl.data.formats.base import (
     FILE_FORMATS,
@@ -38,6 +37,7 @@ from hvdl.data.formats.base import (
     of_format,
 )
 from hvdl.data.formats.patches import PatchSource
+from hvdl.data.settings import Settings
 
 READERS: dict[str, Callable[..., Source]] = {
     "npy": arrays.NpySource, "idx": idx.IdxSource, "hdf5": hdf5.Hdf5Source,
@@ -60,25 +60,25 @@ def open_source(spec: Spec, *, local: Local | None = None, **options: Any) -> So
     return READERS[fmt](files, spec, local=local, **options)
 
 
-def data_format(config: Config) -> str:
+def data_format(config: Settings) -> str:
     """data.format, or mnist when neither a format nor a path is given (inferred otherwise)."""
     return config.data.format or ("" if config.data.path else "mnist")
 
 
-def mnist_splits(config: Config, local: Local) -> tuple[Source, Source | None]:
+def mnist_splits(config: Settings, local: Local) -> tuple[Source, Source | None]:
     """MNIST's training and t10k files, from data.path or data_dir (hvdl fetch gets them)."""
     folder = mnist.resolve_data_dir(config.data.path or config.data_dir)
     return mnist.open_split(folder, "train", local), mnist.open_split(folder, "test", local)
 
 
-def patch_splits(config: Config, local: Local) -> tuple[Source, Source | None]:
+def patch_splits(config: Settings, local: Local) -> tuple[Source, Source | None]:
     """Natural-image patches drawn from the [patches] section's images; no test split."""
     p = config.patches
     return PatchSource(p.source, count=p.count, size=p.size, seed=config.seed,
                        zca_epsilon=p.zca_epsilon if p.zca else None), None
 
 
-def file_splits(config: Config, local: Local) -> tuple[Source, Source | None]:
+def file_splits(config: Settings, local: Local) -> tuple[Source, Source | None]:
     """data.path's files, and data.test_path's with the same layout, in their READERS format."""
     spec = config.data
     files = Spec(format=spec.format, path=spec.path, label=spec.label, features=spec.features)
@@ -96,12 +96,12 @@ def file_splits(config: Config, local: Local) -> tuple[Source, Source | None]:
 
 
 # What opens each data.format's splits ("": the files' format, from their names).
-SPLITS: dict[str, Callable[[Config, Local], tuple[Source, Source | None]]] = {
+SPLITS: dict[str, Callable[[Settings, Local], tuple[Source, Source | None]]] = {
     "mnist": mnist_splits, "patches": patch_splits, "": file_splits,
     **{fmt: file_splits for fmt in READERS},
 }
 
 
-def open_splits(config: Config, local: Local) -> tuple[Source, Source | None]:
+def open_splits(config: Settings, local: Local) -> tuple[Source, Source | None]:
     """(training source, test source or None) as the config describes them."""
     return SPLITS[data_format(config)](config, local)
