@@ -199,7 +199,8 @@ def load(config: Settings, ctx: Context, *, labels: bool = False, images: bool =
     "train" and "test", or "all": every row of data.path in file order, nothing held out, as
     the training shard in storage order (what `hvdl encode` reads). `config`: a run's data
     settings (hvdl/data/settings.py); the caller logs the returned `Data.info` (its one line:
-    hvdl/data/record.py's `startup_line`).
+    hvdl/data/record.py's `startup_line`). Over 40 lines by this docstring alone: the body is
+    the steps in order, each a function below.
     """
     started, rss_before = time.perf_counter(), host.rss_mb()
     want, sharing = Request(labels, images, held, given, splits), Sharing(ctx)
