@@ -172,12 +172,9 @@ def split_shard(split: Split, found: tuple[Survey, torch.Tensor | None, list], s
 
 @dataclass(frozen=True)
 class Request:
-    """What the caller asks of `load` besides the config (see `load`)."""
+    """Which shards `load` builds and how (its `held` and `splits`)."""
 
-    labels: bool = False
-    images: bool = False
     held: bool = False
-    given: dict[str, Any] | None = None
     splits: tuple[str, ...] = ("train", "test")
 
     @property
@@ -203,7 +200,7 @@ def load(config: Settings, ctx: Context, *, labels: bool = False, images: bool =
     the steps in order, each a function below.
     """
     started, rss_before = time.perf_counter(), host.rss_mb()
-    want, sharing = Request(labels, images, held, given, splits), Sharing(ctx)
+    want, sharing = Request(held, splits), Sharing(ctx)
     source, p = open_data(config, ctx, sharing, labels, want.whole)
     layout = stored_shape(config, source)
     train, test = deal(config, sharing, source, p, want)

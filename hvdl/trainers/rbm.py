@@ -42,7 +42,7 @@ from hvdl.models import rbm as rbm_models
 from hvdl.models.rbm import RBM
 from hvdl.runlog import RunLog
 from hvdl.trainers.finetune import finetune_autoencoder, finetune_classifier
-from hvdl.trainers.saved_stack import load_stack
+from hvdl.trainers.saved_stack import load_stack, stack_sizes
 
 CHUNK = 1000  # examples per forward pass when propagating or monitoring a whole shard
 MAX_FILTERS = 256  # filters shown in a stage's picture
@@ -111,16 +111,12 @@ def train_deep_ae(config: Config, ctx: Context, run: RunLog,
                                                p.done)}
 
 
-def stack_sizes(config: Config) -> tuple[int, ...]:
-    """The RBMs' layer sizes: a DBN's last layer is its softmax, not an RBM's."""
-    return config.layers[:-1] if config.family == "dbn" else config.layers
-
-
 def build_stack(config: Config, generator: torch.Generator | None = None) -> list[RBM]:
     """The RBMs, the same on every rank (from `generator`), as training starts them and as a
     checkpoint's stack is loaded into (hvdl/families.py)."""
-    return rbm_models.make_stack(stack_sizes(config), visible=config.rbm.visible,
-                                 top_hidden=config.rbm.code_units, generator=generator)
+    return rbm_models.make_stack(stack_sizes(config.family, config.layers),
+                                 visible=config.rbm.visible, top_hidden=config.rbm.code_units,
+                                 generator=generator)
 
 
 # --- greedy pretraining ----------------------------------------------------------------------

@@ -18,10 +18,15 @@ from hvdl.config import Config
 from hvdl.models.rbm import RBM
 
 
+def stack_sizes(family: str, layers: tuple[int, ...] | list[int]) -> list[int]:
+    """The RBMs' layer sizes of a family's `layers`: a DBN's last layer is its softmax."""
+    return list(layers[:-1] if family == "dbn" else layers)
+
+
 def stack_of(config: dict[str, Any]) -> str:
     """A saved or current config's RBM stack in words, e.g. "784-500-2000 (bernoulli visible,
     bernoulli top hidden units)"."""
-    layers = config["layers"][:-1] if config["family"] == "dbn" else config["layers"]
+    layers = stack_sizes(config["family"], config["layers"])
     rbm = config["rbm"]
     return (f"{'-'.join(map(str, layers))} ({rbm['visible']} visible, {rbm['code_units']} top "
             "hidden units)")
@@ -31,7 +36,7 @@ def same_stack(saved: dict[str, Any], mine: dict[str, Any]) -> bool:
     """Whether a saved config's RBM stack is this config's; a 0 in this config's layers (a size
     taken from the data) matches any size."""
     def sizes(config: dict[str, Any]) -> list[int]:
-        return list(config["layers"][:-1] if config["family"] == "dbn" else config["layers"])
+        return stack_sizes(config["family"], config["layers"])
     units = ("visible", "code_units")
     return (len(sizes(saved)) == len(sizes(mine))
             and all(m in (0, s) for s, m in zip(sizes(saved), sizes(mine)))
@@ -46,7 +51,7 @@ def read_stack(config: Config) -> list[dict[str, Any]]:
     given its 0 sizes (`load_stack`)."""
     folder = Path(config.rbm.pretrained)
     mine = configlib.to_dict(config)
-    count = len(config.layers) - (2 if config.family == "dbn" else 1)
+    count = len(stack_sizes(config.family, config.layers)) - 1  # one RBM a pair of sizes
     names = [f"pretrain{i}" for i in range(1, count + 1)]
     allowed = f"a run folder whose stages/ hold {', '.join(n + '.pt' for n in names)}"
     payloads = []
