@@ -53,7 +53,9 @@ class RBMConfig:
 
     cd_k: Positive[int] = 1  # Gibbs steps of contrastive divergence CD-k
     persistent: bool = False  # persistent CD: the negative chain carries over between updates
-    visible: Literal["bernoulli", "gaussian"] = "bernoulli"  # gaussian: unit-variance linear units
+    # the first RBM's visible units: bernoulli (probabilities in [0, 1]), gaussian (unit-variance
+    # linear), or auto: bernoulli when the scaled training data lie in [0, 1], else gaussian
+    visible: Literal["auto", "bernoulli", "gaussian"] = "auto"
     # the hidden units of the top RBM
     code_units: Literal["bernoulli", "linear"] = "bernoulli"
     pretrain_epochs: NonNegative[int] = 10  # epochs of CD per stacked layer

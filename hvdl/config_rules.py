@@ -194,6 +194,48 @@ def check_elastic_perf(perf: Any) -> None:
                 + ", ".join(f"perf.{k} {str(v).lower()}" for k, v in ELASTIC_PERF.items()))
 
 
+def fit_data(config: Config, data: Any) -> tuple[Config, str | None]:
+    """`config` fitted to the data it trains on (`data`: hvdl.data.dataset's Data, its
+    `features`, `classes` and `info["range"]`): the layers' 0s taken from the data, the other
+    counts checked, `rbm.visible = "auto"` made bernoulli or gaussian; and a line saying what
+    auto chose (None when nothing was chosen). Units that model values in [0, 1] are refused on
+    data outside it, with the setting that fits."""
+    config = fit_layers(config, data)
+    return fit_units(config, data.info.get("range", {}).get("scaled"))
+
+
+# Families whose reconstruction of the input is a sigmoid (or a logistic cross-entropy): they
+# can only model inputs in [0, 1].
+SIGMOID_INPUT_FAMILIES = ("sae", "stacked_ae", "deep_ae")
+
+
+def fit_units(config: Config, span: tuple[float, float] | None) -> tuple[Config, str | None]:
+    """rbm.visible resolved against the scaled training values' range `span`, checked."""
+    inside = span is None or (span[0] >= 0 and span[1] <= 1)
+    where = "" if span is None else f"[{span[0]:.4g}, {span[1]:.4g}]"
+    if not inside and config.family in SIGMOID_INPUT_FAMILIES:
+        raise ConfigError(f"family {config.family} reconstructs its input with sigmoid units, "
+                          f"in [0, 1], but the scaled training values span {where}; allowed: "
+                          "--data.scale minmax (or unit for 0-255 pixels)")
+    visible = config.rbm.visible
+    if config.family not in ("rbm", "dbn", "deep_ae"):
+        return config, None
+    if visible == "bernoulli" and not inside:
+        raise ConfigError(f"rbm.visible is bernoulli (probabilities in [0, 1]), but the scaled "
+                          f"training values span {where}; allowed: --rbm.visible gaussian (or "
+                          "auto), or --data.scale minmax")
+    if visible != "auto":
+        return config, None
+    chosen = "bernoulli" if inside else "gaussian"
+    rbm = dataclasses.replace(config.rbm, visible=chosen)
+    said = (f"rbm.visible auto: {chosen} (the scaled training values span {where}, "
+            f"{'within' if inside else 'outside'} [0, 1])")
+    if chosen == "gaussian":
+        said += ("; Gaussian units assume unit variance (--data.scale standardize) and usually "
+                 "need an rbm.pretrain_lr 10-100 times smaller")
+    return dataclasses.replace(config, rbm=rbm), said
+
+
 def fit_layers(config: Config, data: Any) -> Config:
     """`config` with layers' 0s taken from the data (inputs, and a classifier's classes), the
     other counts checked against it (`data`: its `features` and `classes`, hvdl.data.dataset's

@@ -49,6 +49,20 @@ DATA_CASES = {  # case: (the data, written into a scratch folder, and the option
                                                "--data.budget_mb", "0.001", "--train_size", "0"],
         "family 'sae' with optimizer 'lbfgs' trains on the whole shard at once, and a shard of "
         "0.006 MiB is over the budget of 0.001 MiB"),
+    "pixel scaling of data already in [0, 1]": (
+        lambda t: npy(t, np.linspace(0, 1, 24).reshape(8, 3)),
+        "data.scale is unit (values / 255, for 0-255 pixels), but the training values already "
+        "lie in [0, 1]; allowed: --data.scale none"),
+    "Bernoulli units on real values": (
+        lambda t: npy(t, np.linspace(-2, 3, 24).reshape(8, 3)) + [
+            "--data.scale", "none", "--rbm.visible", "bernoulli"],
+        "rbm.visible is bernoulli (probabilities in [0, 1]), but the scaled training values "
+        "span [-2, 3]; allowed: --rbm.visible gaussian (or auto)"),
+    "sigmoid reconstruction of real values": (
+        lambda t: npy(t, np.linspace(-2, 3, 24).reshape(8, 3)) + [
+            "--data.scale", "none", "--model", "sae_mnist", "--train_size", "0"],
+        "family sae reconstructs its input with sigmoid units, in [0, 1], but the scaled "
+        "training values span [-2, 3]; allowed: --data.scale minmax"),
 }
 
 

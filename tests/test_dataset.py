@@ -5,8 +5,10 @@ Ranks other than 0 are simulated in-process with the elastic controller, under w
 layer makes no collective (each rank surveys the whole training set itself).
 """
 
+import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -18,8 +20,9 @@ from PIL import Image
 
 from hvdl import config as configlib
 from hvdl.config import ConfigError
-from hvdl.config_rules import fit_layers
+from hvdl.config_rules import fit_data, fit_layers
 from hvdl.data import dataset
+from hvdl.data.record import startup_line
 from hvdl.data.settings import Settings
 from hvdl.dist import Context
 from procs import job_env
@@ -211,6 +214,57 @@ def test_labels_map_to_one_sorted_vocabulary_and_layers_come_from_the_data(tmp_p
         fit_layers(config(*opts, "--layers", "784,20,3"), data)
     with pytest.raises(ConfigError, match="ends with 10 classes, the data has 3"):
         fit_layers(config(*opts, "--layers", "16,20,10"), data)
+
+
+@pytest.mark.parametrize("scale", ["none", "standardize", "minmax"])
+def test_the_record_holds_the_training_values_range_and_the_start_line_says_it(tmp_path, scale):
+    """Test that data.json's range is the training rows' as stored and as scaled (per feature
+    shifts and divisors included), on 2 simulated ranks, and the start line names the scaling."""
+    x, opts = npy_data(tmp_path, labels=False)
+    opts += ["--data.test_fraction", "0.25", "--data.scale", scale]
+    shards = [dataset.load(settings(*opts), context(r, 2)) for r in range(2)]
+    train = torch.cat([torch.cat([b for b, _ in d.train.scan()]) for d in shards])
+    ids = train[:, 0].numpy() if scale == "none" else None
+    stored = x[np.sort(ids.astype(int))] if ids is not None else None
+    for data in shards:
+        found = data.info["range"]
+        assert found["scaled"] == pytest.approx((train.min().item(), train.max().item()),
+                                                rel=1e-5, abs=1e-6)
+        if stored is not None:
+            assert found["stored"] == (stored.min(), stored.max())
+        line = startup_line(data.info, context(0, 2))
+        lo, hi = found["stored"]
+        assert (f"values [{lo:.4g}, {hi:.4g}], not scaled" if scale == "none" else
+                f"values [{lo:.4g}, {hi:.4g}] scaled ({scale}) to") in line, line
+
+
+@pytest.mark.parametrize("family, visible, span, chosen", [
+    ("rbm", "auto", (0.0, 1.0), "bernoulli"),
+    ("dbn", "auto", (-2.5, 3.0), "gaussian"),
+    ("dbn", "gaussian", (0.0, 1.0), "gaussian"),
+    ("cnn", "auto", (-2.5, 3.0), "auto"),  # no RBM: nothing to choose, nothing refused
+    ("rbm", "bernoulli", (-2.5, 3.0), "rbm.visible is bernoulli (probabilities in [0, 1]), but "
+                                      "the scaled training values span [-2.5, 3]"),
+    ("deep_ae", "auto", (0.0, 1.5), "family deep_ae reconstructs its input with sigmoid units"),
+    ("sae", "auto", (-0.1, 1.0), "family sae reconstructs its input with sigmoid units"),
+    ("stacked_ae", "auto", (0.0, 2.0), "family stacked_ae reconstructs its input with sigmoid"),
+])
+def test_visible_units_are_chosen_from_the_scaled_range_or_refused(family, visible, span, chosen):
+    """Test rbm.visible auto against the data's range, and units that cannot model the data."""
+    model = {"rbm": "rbm_mnist", "dbn": "dbn_small", "cnn": "lenet5", "deep_ae": "deep_ae_mnist",
+             "sae": "sae_mnist", "stacked_ae": "stacked_ae_mnist"}[family]
+    given = configlib.load(model, ["--rbm.visible", visible])
+    data = SimpleNamespace(features=784, classes=tuple(range(10)),
+                           info={"range": {"scaled": span}})
+    if " " in chosen:
+        with pytest.raises(ConfigError, match=re.escape(chosen)):
+            fit_data(given, data)
+        return
+    fitted, said = fit_data(given, data)
+    assert fitted.rbm.visible == chosen
+    assert (said is not None) == (visible == "auto" and family != "cnn")
+    if said:
+        assert said.startswith(f"rbm.visible auto: {chosen} (the scaled training values span")
 
 
 @pytest.mark.parametrize("scale", ["unit", "standardize", "minmax"])

@@ -337,7 +337,7 @@ def test_dbn_fine_tunes_a_saved_stack_without_pretraining_it_again(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.endswith("belongs to the stack 784-500-100 (bernoulli visible, bernoulli top "
                          "hidden units); allowed: this run's stack, 784-1000-500-250-30 "
-                         "(bernoulli visible, "
+                         "(auto visible, "
                          "linear top hidden units)"), line
     assert not refused.exists() or not any(refused.iterdir())
 
@@ -362,6 +362,27 @@ def test_pretrained_stack_is_checked_before_data_or_run_folder(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line == (f"hvdl: error: rbm.pretrained: {saved}/stages/pretrain1.pt belongs to the "
-                    "stack 784-300-100 (bernoulli visible, bernoulli top hidden units); allowed: "
-                    "this run's stack, 0-500-100 (bernoulli visible, bernoulli top hidden "
+                    "stack 784-300-100 (auto visible, bernoulli top hidden units); allowed: "
+                    "this run's stack, 0-500-100 (auto visible, bernoulli top hidden "
                     "units)"), line
+
+
+@pytest.mark.slow
+def test_auto_visible_units_on_standardized_data_are_gaussian_in_the_run_and_its_checkpoint(
+        tmp_path):
+    """Test that an RBM on real-valued, standardized data gets Gaussian visible units under the
+    default rbm.visible auto, that the run says so, and that its saved model is rebuilt so."""
+    from hvdl.families import load_trained
+
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "x.npy", rng.normal(4.0, 2.0, (256, 6)).astype(np.float32))
+    stdout = check_job(1, ["-m", "hvdl.train", "--model", "rbm_mnist", "--data.path",
+                           str(tmp_path / "x.npy"), "--data.scale", "standardize", "--layers",
+                           "0,5", "--rbm.pretrain_epochs", "1", "--rbm.pretrain_lr", "0.001",
+                           "--batch_size", "32", "--results_dir", str(tmp_path / "runs")],
+                       launcher="python")
+    assert "hvdl: rbm.visible auto: gaussian (the scaled training values span [" in stdout
+    assert "RBM 6-5 (gaussian visible" in stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    trained = load_trained(run_dir / "stages" / "pretrain1.pt")
+    assert trained.config.rbm.visible == "gaussian" and trained.model.visible == "gaussian"

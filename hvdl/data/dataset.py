@@ -217,6 +217,7 @@ def load(config: Settings, ctx: Context, *, labels: bool = False, images: bool =
         test_shard, test_found = test_split_shard(config, sharing, test, layout, built)
     info = record(config, source, p, shape=built["shape"], layout=layout, classes=classes,
                   scale=scale, found=found[0], test_found=test_found,
+                  span=scale.span(found[0], layout),
                   hold=train.hold, budget_bytes=budget(config, ctx),
                   pieces=sharing.gather([[q.file, q.start, q.stop] for q in train.mine],
                                         "data.pieces"),
@@ -273,9 +274,14 @@ def agree(config: Settings, source: Source, found: Survey, layout: tuple[int, ..
         classes = Classes(tuple(given["classes"]))
     elif source.labelled:
         classes = Classes(tuple(vocabulary(found.labels)))
-    scale = (Scale.from_dict(given["scale"]) if given else
-             Scale.fit(config.data.scale, found.moments, layout))
-    return classes, scale
+    if given:
+        return classes, Scale.from_dict(given["scale"])
+    span = found.span()
+    if config.data.scale == "unit" and span is not None and span[1] <= 1:
+        raise DataError(f"data.scale is unit (values / 255, for 0-255 pixels), but the training "
+                        f"values already lie in [{span[0]:.4g}, {span[1]:.4g}]; allowed: "
+                        "--data.scale none for data already in [0, 1] (or standardize, minmax)")
+    return classes, Scale.fit(config.data.scale, found.moments, layout)
 
 
 def train_split_shard(config: Settings, sharing: Sharing, train: Split,

@@ -17,7 +17,7 @@ from hvdl.dist import Context
 
 def record(config: Settings, source: Source, p: Plan, *, shape: tuple[int, ...],
            layout: tuple[int, ...], classes: Classes | None, scale: Scale, found: Survey,
-           test_found: Survey | None,
+           test_found: Survey | None, span: tuple[float, float] | None,
            hold: bool, budget_bytes: int, pieces: list, memory: list,
            seconds: float) -> dict[str, Any]:
     """What data.json records of the dataset and of how it was shared out."""
@@ -40,7 +40,9 @@ def record(config: Settings, source: Source, p: Plan, *, shape: tuple[int, ...],
         "columns": source.columns()[:1000],
         "label": source.label_name, "classes": list(classes.names) if classes else None,
         "class_counts": {"train": counts(found), "test": counts(test_found)},
-        "scale": scale.to_dict(), "chunk_rows": p.chunk_rows, "chunks": p.chunks,
+        "scale": scale.to_dict(),
+        "range": {"stored": found.span(), "scaled": span},  # the training rows' values
+        "chunk_rows": p.chunk_rows, "chunks": p.chunks,
         "memory": "device" if hold else "stream", "budget_mb": budget_bytes / 2**20,
         "buffer_mb": spec.buffer_mb, "load_seconds": seconds,
         "rss_mb": [{"rank": r, "before": m[0], "after": m[1]} for r, m in enumerate(memory)],
@@ -68,6 +70,17 @@ def test_text(config: Settings, p: Plan) -> str | None:
     return ", ".join(str(f) for f in p.test_source.listing[:10])
 
 
+def scaling(info: dict[str, Any]) -> str:
+    """How the values were scaled, in words: "values [0, 255] scaled (unit) to [0, 1]"."""
+    kind, stored, scaled = info["scale"]["kind"], info["range"]["stored"], info["range"]["scaled"]
+    if stored is None:
+        return f"scale {kind}"
+    if kind == "none":
+        return f"values [{stored[0]:.4g}, {stored[1]:.4g}], not scaled"
+    return (f"values [{stored[0]:.4g}, {stored[1]:.4g}] scaled ({kind}) to "
+            f"[{scaled[0]:.4g}, {scaled[1]:.4g}]")
+
+
 def startup_line(info: dict[str, Any], ctx: Context) -> str:
     """The line that says what is trained on and how it is held (`info`: `record`'s)."""
     classes = f", {len(info['classes'])} classes" if info["classes"] else ", unlabelled"
@@ -78,6 +91,7 @@ def startup_line(info: dict[str, Any], ctx: Context) -> str:
            f"streamed through a {info['buffer_mb']:g} MB buffer")
     return (f"hvdl: data: {info['format']} {info['path'] or '(bundled)'} ({files}): "
             f"{n_train:,} training rows × {info['features']} features{classes}, {n_test:,} test "
-            f"rows; chunks of {info['chunk_rows']:,} rows; shard {n_train // ctx.size:,} rows "
+            f"rows; {scaling(info)}; chunks of {info['chunk_rows']:,} rows; "
+            f"shard {n_train // ctx.size:,} rows "
             f"({shard / 2**20:,.1f} MB) per rank, budget {info['budget_mb']:,.0f} MB: {how}; "
             f"read in {info['load_seconds']:.1f} s")

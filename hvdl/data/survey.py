@@ -86,6 +86,8 @@ class Survey:
     first_bad: str | None = None
     labels: Counter = field(default_factory=Counter)
     moments: Moments | None = None
+    lo: np.ndarray | None = None  # each group's smallest and largest value, as stored
+    hi: np.ndarray | None = None
 
     def add(self, x: np.ndarray, y: np.ndarray | None, *, shape: tuple[int, ...],
             moments: bool, where: Callable[[int, int], str]) -> None:
@@ -97,12 +99,25 @@ class Survey:
             if self.first_bad is None:
                 row, col = (int(i[0]) for i in np.nonzero(bad))
                 self.first_bad = where(row, col)
+        if len(x) and not self.bad_values:  # data with bad values are refused by `check`
+            v = x.reshape(len(x), *groups(shape))
+            self.widen(v.min(axis=(0, 2)), v.max(axis=(0, 2)))
         if y is not None:
             keys, counts = np.unique(label_keys(y), return_counts=True)
             self.labels.update(dict(zip(keys.tolist(), counts.tolist())))
         if moments:
             found = Moments.of(x, shape)
             self.moments = found if self.moments is None else self.moments.merge(found)
+
+    def widen(self, lo: np.ndarray | None, hi: np.ndarray | None) -> None:
+        """Take in another part's per-group range."""
+        if lo is not None:
+            self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+            self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+
+    def span(self) -> tuple[float, float] | None:
+        """(smallest, largest) stored value over every group, None without rows."""
+        return None if self.lo is None else (float(self.lo.min()), float(self.hi.max()))
 
 
 def merge(surveys: list[Survey]) -> Survey:
@@ -113,6 +128,7 @@ def merge(surveys: list[Survey]) -> Survey:
         out.bad_values += s.bad_values
         out.first_bad = out.first_bad or s.first_bad
         out.labels.update(s.labels)
+        out.widen(s.lo, s.hi)
         if s.moments is not None:
             out.moments = s.moments if out.moments is None else out.moments.merge(s.moments)
     return out
@@ -192,6 +208,15 @@ class Scale:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "shift": self.shift.tolist(), "div": self.div.tolist()}
+
+    def span(self, found: Survey, shape: tuple[int, ...]) -> tuple[float, float] | None:
+        """(smallest, largest) scaled value of the surveyed data (each group's range mapped
+        through its own shift and divisor), None without rows."""
+        if found.lo is None:
+            return None
+        per = groups(shape)[1]
+        shift, div = self.shift[::per], self.div[::per]
+        return (float(((found.lo - shift) / div).min()), float(((found.hi - shift) / div).max()))
 
     def apply_(self, x: torch.Tensor) -> torch.Tensor:
         """Scale rows (k, features) in place on their device (held and streamed shards alike)."""

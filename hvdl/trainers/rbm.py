@@ -31,7 +31,7 @@ import torch
 
 from hvdl import checkpoint, dist, loop, viz
 from hvdl.config import Config
-from hvdl.config_rules import fit_layers
+from hvdl.config_rules import fit_data, fit_units
 from hvdl.data import dataset
 from hvdl.data.record import startup_line
 from hvdl.data.settings import Settings
@@ -67,7 +67,9 @@ def pretrained(config: Config, ctx: Context, run: RunLog, state: dict[str, Any] 
     rbm.finetune_batch_size are checked against the data before any pretraining; "": none."""
     data = dataset.load(Settings.of(config), ctx, labels=targets == "labels")
     run.record_data(data.info, startup_line(data.info, ctx))
-    config = fit_layers(config, data)
+    config, chosen = fit_data(config, data)
+    if chosen:
+        run.print(f"hvdl: {chosen}")
     rbms = [rbm.to(ctx.device)
             for rbm in build_stack(config, torch.Generator().manual_seed(config.seed))]
     loaded = load_stack(rbms, config) if config.rbm.pretrained else None
@@ -111,9 +113,13 @@ def train_deep_ae(config: Config, ctx: Context, run: RunLog,
                                                p.done)}
 
 
-def build_stack(config: Config, generator: torch.Generator | None = None) -> list[RBM]:
+def build_stack(config: Config, generator: torch.Generator | None = None, *,
+                data: dict[str, Any] | None = None) -> list[RBM]:
     """The RBMs, the same on every rank (from `generator`), as training starts them and as a
-    checkpoint's stack is loaded into (hvdl/families.py)."""
+    checkpoint's stack is loaded into (hvdl/families.py); visible units "auto" are chosen from
+    `data`, a data record's range (training resolves them from the data it loaded first)."""
+    if config.rbm.visible == "auto":
+        config = fit_units(config, ((data or {}).get("range") or {}).get("scaled"))[0]
     return rbm_models.make_stack(stack_sizes(config.family, config.layers),
                                  visible=config.rbm.visible, top_hidden=config.rbm.code_units,
                                  generator=generator)

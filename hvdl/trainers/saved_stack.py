@@ -34,13 +34,15 @@ def stack_of(config: dict[str, Any]) -> str:
 
 def same_stack(saved: dict[str, Any], mine: dict[str, Any]) -> bool:
     """Whether a saved config's RBM stack is this config's; a 0 in this config's layers (a size
-    taken from the data) matches any size."""
+    taken from the data) matches any size, and visible units "auto" (chosen from the data) any
+    type."""
     def sizes(config: dict[str, Any]) -> list[int]:
         return stack_sizes(config["family"], config["layers"])
     units = ("visible", "code_units")
     return (len(sizes(saved)) == len(sizes(mine))
             and all(m in (0, s) for s, m in zip(sizes(saved), sizes(mine)))
-            and all(saved["rbm"][u] == mine["rbm"][u] for u in units))
+            and all(saved["rbm"][u] == mine["rbm"][u] or mine["rbm"][u] == "auto"
+                    for u in units))
 
 
 def read_stack(config: Config) -> list[dict[str, Any]]:

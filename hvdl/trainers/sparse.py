@@ -24,7 +24,7 @@ import torch
 
 from hvdl import checkpoint, dist, loop
 from hvdl.config import Config
-from hvdl.config_rules import fit_layers
+from hvdl.config_rules import fit_data
 from hvdl.data import dataset
 from hvdl.data.record import startup_line
 from hvdl.data.settings import Settings
@@ -142,7 +142,9 @@ def sparse_data(config: Config, ctx: Context, run: RunLog,
     type, and the config with its layers fitted to it."""
     data = dataset.load(Settings.of(config), ctx, labels=labels, held=True)
     run.record_data(data.info, startup_line(data.info, ctx))
-    config = fit_layers(config, data)
+    config, chosen = fit_data(config, data)
+    if chosen:
+        run.print(f"hvdl: {chosen}")
     return data, data.shards().derived(lambda s: s.to(dtype(config))), config
 
 
