@@ -25,6 +25,7 @@ from pathlib import Path
 
 from hvdl import dist
 from hvdl.cli import overrides_epilog
+from hvdl.data.formats import store
 from hvdl.errors import ArgumentParser, BadInput, fail
 from hvdl.families import load_trained
 from hvdl.host import launcher_rank
@@ -36,7 +37,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = ArgumentParser(prog="hvdl encode", description=__doc__.splitlines()[0],
                             epilog=overrides_epilog())
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt written by hvdl")
-    parser.add_argument("--out", required=True, type=Path, help="a new or empty folder")
+    parser.add_argument("--out", required=True, type=store.path_of,
+                        help="a new or empty folder, or s3://bucket/prefix")
     parser.add_argument("--layer", type=int, help="the hidden layer, 1 = the first (default: "
                         "the code layer or the last)")
     parser.add_argument("--format", choices=("parquet", "npy"), default="parquet",

@@ -17,6 +17,8 @@ import torch
 from hvdl import dist, metrics
 from hvdl.data import dataset
 from hvdl.data.convert.writers import Layout, open_writer
+from hvdl.data.formats import store
+from hvdl.data.formats.store import S3Path
 from hvdl.data.settings import Settings
 from hvdl.data.shard import Shard
 from hvdl.errors import BadInput
@@ -79,6 +81,11 @@ def pick_layer(trained: Trained, layer: int | None) -> int:
 
 
 def check_out(out: Path) -> None:
+    if isinstance(out, S3Path):
+        if not store.empty(out):
+            raise BadInput(f"{out} holds objects already; allowed: a new or empty prefix "
+                           "(nothing is written over)")
+        return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BadInput(f"{out} exists and is not an empty folder; allowed: a new or empty folder "
                        "(nothing is written over)")
@@ -129,7 +136,16 @@ def write_manifest(out: Path, trained: Trained, layer: int, fmt: str, parts: lis
     manifest = {"checkpoint": str(trained.path), "family": trained.family.name, "layer": layer,
                 "format": fmt, "rows": first, "parts": parts,
                 "label": "label" if data.classes else None, "data": data.info}
-    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    text = json.dumps(manifest, indent=2, default=str) + "\n"
+    if isinstance(out, S3Path):  # an object appears whole when its upload completes
+        local = store.staging(out / "manifest.json")
+        local.write_text(text)
+        try:
+            store.upload(local, out / "manifest.json")
+        finally:
+            local.unlink()
+    else:
+        write_atomic(out / "manifest.json", text)
 
 
 # --- the whole of `hvdl eval` and `hvdl encode` (the commands and the Python API alike) -------
@@ -162,7 +178,7 @@ def encoding(trained: Trained, out: Path, layer: int | None, fmt: str, argv: lis
     ctx = dist.start(config, training=False)
     data = dataset.load(Settings.of(config), ctx, images=trained.family.images, given=trained.data,
                         splits=("all",))
-    if ctx.is_root:
+    if ctx.is_root and not isinstance(out, S3Path):
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     trained.model.to(ctx.device)

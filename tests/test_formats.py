@@ -170,6 +170,42 @@ def test_images_folder_labels_by_folder_level(tmp_path):
     np.testing.assert_array_equal(x[4].reshape(14, 12), pictures["dog/1"])
 
 
+def test_images_converted_to_parquet_come_back_in_their_shape(tmp_path):
+    """Test that an image folder converted to Parquet reads back as (C, H, W) rows, not flat."""
+    rng = np.random.default_rng(2)
+    for cls in ("a", "b"):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (9, 7), dtype=np.uint8)).save(
+                tmp_path / "photos" / cls / f"{i}.png")
+    out = tmp_path / "p.parquet"
+    assert tool(["convert", str(tmp_path / "photos"), str(out), "--label", "1"]) == 0
+    images = open_source(Spec(path=str(tmp_path / "photos"), label="1"))
+    source = open_source(Spec(path=str(out), label="label"))
+    assert source.shape == images.shape == (1, 9, 7)
+    np.testing.assert_array_equal(read_all(source, per_chunk=3)[0],
+                                  read_all(images, per_chunk=3)[0])
+    picked = open_source(Spec(path=str(out), label="label", features=("f0", "f1")))
+    assert picked.shape == (2,)  # columns picked by name are flat rows
+
+
+def test_inspect_shows_a_text_column_with_its_values_and_suggests_it_as_the_label(
+        tmp_path, capsys):
+    """Test that a CSV column of words is typed text, with its values, and named as the label."""
+    (tmp_path / "s.csv").write_text("a,b,kind\n1,2,cat\n3,4,dog\n5,6.5,cat\n")
+    assert tool(["inspect", str(tmp_path / "s.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "  a                        number" in out and "  b                        number" in out
+    assert "kind                     text, 2 distinct values in the first 3 rows (cat, dog)" in out
+    assert "if it names each row's class, it is the label: --label kind" in out
+    assert tool(["inspect", str(tmp_path / "s.csv"), "--label", "kind"]) == 0
+    assert "label: kind: 2 classes" in capsys.readouterr().out
+    pq.write_table(pa.table({"a": [1.0, 2.0], "kind": ["x", "y"]}), tmp_path / "s.parquet")
+    with pytest.raises(DataError, match="column 'kind' holds string .text: if it names each "
+                                        "row's class, make it the label, data.label 'kind'"):
+        open_source(Spec(path=str(tmp_path / "s.parquet")))
+
+
 def test_convert_round_trips_between_every_format(tmp_path, capsys):
     """Test that IDX converted to each format and back to NPY keeps every value and label."""
     x, y = table()

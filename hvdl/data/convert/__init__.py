@@ -23,8 +23,9 @@ import numpy as np
 
 from hvdl.data import chunks
 from hvdl.data.convert.writers import Layout, label_path, open_writer
-from hvdl.data.formats import mnist, open_source
+from hvdl.data.formats import mnist, open_source, store
 from hvdl.data.formats.base import FILE_FORMATS, DataError, Source, Spec, format_of
+from hvdl.data.formats.store import S3Path
 from hvdl.data.survey import label_keys, vocabulary
 from hvdl.errors import ArgumentParser, BadInput
 
@@ -37,7 +38,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         sub = commands.add_parser(name, help=what)
         sub.add_argument("path", help="a file, folder or glob (mnist: the MNIST folder)")
         if name == "convert":
-            sub.add_argument("dst", type=Path, help="the file to write")
+            sub.add_argument("dst", type=store.path_of, help="the file (or s3://bucket/key) to "
+                             "write")
             sub.add_argument("--to", choices=FILE_FORMATS, help="format of DST (default: its "
                              "name's)")
             sub.add_argument("--overwrite", action="store_true", help="replace an existing DST")
@@ -106,6 +108,10 @@ def inspect_lines(source: Source, args: argparse.Namespace) -> list[str]:
     lines += [f"  {name:<24} {kind}" for name, kind in columns[:40]]
     if len(columns) > 40:
         lines.append(f"  ... {len(columns) - 40} more")
+    text = [name for name, kind in columns if kind.startswith("text")]
+    if text:
+        lines.append(f"note: column {text[0]!r} holds text, which cannot be a feature; if it "
+                     f"names each row's class, it is the label: --label {text[0]}")
     pieces = file_chunks(source, args.chunk_mb)
     if source.labelled:
         counts = class_counts(source, pieces)
@@ -187,7 +193,8 @@ def convert(source: Source, args: argparse.Namespace) -> tuple[list[Path], int]:
             raise DataError(f"{target} exists; allowed: a new path, or --overwrite to replace it")
         if target.resolve() in [f.resolve() for f in source.listing]:
             raise DataError(f"{target} is one of the files being read; allowed: another path")
-    args.dst.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(args.dst, S3Path):
+        args.dst.parent.mkdir(parents=True, exist_ok=True)
     writer = open_writer(args.dst, fmt, layout)
     try:
         for piece in pieces:

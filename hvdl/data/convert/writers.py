@@ -17,6 +17,7 @@ is renamed over them only when complete: a failed conversion leaves nothing behi
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from hvdl.data.formats import idx
+from hvdl.data.formats import idx, store
 from hvdl.data.formats.base import DataError
+from hvdl.data.formats.parquet import SHAPE_KEY
+from hvdl.data.formats.store import S3Path
 
 LABEL_COLUMN = "label"
 
@@ -50,6 +53,10 @@ def label_path(dst: Path) -> Path:
 
 
 def temporary(path: Path) -> Path:
+    """Where `path` is written until it is complete: beside it, or for an object in S3 a local
+    file uploaded whole by `commit`."""
+    if isinstance(path, S3Path):
+        return store.staging(path)
     return path.with_name(f".{path.name}.part")
 
 
@@ -72,7 +79,13 @@ class Writer:
     def commit(self) -> list[Path]:
         self.finish()
         for target in self.targets:
-            os.replace(temporary(target), target)
+            if isinstance(target, S3Path):
+                try:
+                    store.upload(temporary(target), target)
+                finally:
+                    temporary(target).unlink(missing_ok=True)
+            else:
+                os.replace(temporary(target), target)
         return self.targets
 
     def abort(self) -> None:
@@ -182,7 +195,10 @@ class TableWriter(Writer):
             kind_of = pa.string() if layout.label_dtype.kind in "UO" \
                 else pa.from_numpy_dtype(layout.label_dtype)
             fields.append(pa.field(LABEL_COLUMN, kind_of))
-        self.schema, self.kind = pa.schema(fields), kind
+        # One example's shape (an image's) rides in the schema's metadata: the columns alone
+        # would give it back flat (hvdl/data/formats/parquet.py reads it).
+        self.schema = pa.schema(fields, metadata={SHAPE_KEY: json.dumps(list(layout.shape))})
+        self.kind = kind
         if kind == "parquet":
             import pyarrow.parquet as pq
 

@@ -20,7 +20,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from hvdl.data.chunks import Piece
+from hvdl.data.formats import store
 from hvdl.data.formats.base import DataError, Local, Source, Spec, check_readable, expand, is_gzip
+from hvdl.data.formats.store import S3Path
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats
 
@@ -65,18 +67,30 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, Block | None]:
     """(shape, dtype, its rows as one block or None in Fortran order) of a .npy file, checked
     against its length."""
     check_readable(path)
-    try:
-        array = np.load(path, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(f"{path}: not a complete NumPy .npy file ({err}); allowed: a file "
-                        "written by numpy.save") from None
-    if not isinstance(array, np.memmap):
-        raise DataError(f"{path}: an .npz archive, not an .npy file; allowed: one array per "
-                        ".npy file")
-    block = None
-    if array.ndim and array.flags.c_contiguous:
-        block = Block(path, array.offset, array.dtype, array.shape)
-    return array.shape, array.dtype, block
+    with store.open_file(path, buffering=4096) as f:
+        if f.peek(2)[:2] == b"PK":
+            raise DataError(f"{path}: an .npz archive, not an .npy file; allowed: one array per "
+                            ".npy file")
+        try:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                    np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+        except (ValueError, OSError, EOFError) as err:
+            raise DataError(f"{path}: not a complete NumPy .npy file ({err}); allowed: a file "
+                            "written by numpy.save") from None
+    size, needed = path.stat().st_size, offset + math.prod(shape) * dtype.itemsize
+    if size < needed:
+        raise DataError(f"{path}: not a complete NumPy .npy file ({size} bytes, its header's "
+                        f"{shape} {dtype} array needs {needed}); allowed: a file written by "
+                        "numpy.save")
+    if fortran and len(shape) > 1 and isinstance(path, S3Path):
+        raise DataError(f"{path}: a Fortran-order array, which an object store cannot serve "
+                        "by rows; allowed: C order (numpy.ascontiguousarray before numpy.save)")
+    block = Block(path, offset, dtype, shape) if shape and not (fortran and len(shape) > 1) \
+        else None
+    return shape, dtype, block
 
 
 class Block(NamedTuple):
@@ -98,21 +112,17 @@ class Block(NamedTuple):
         offset, shape = self.where(piece)
         out = np.empty(shape, dtype=self.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        with open(self.path, "rb", buffering=0) as f:
-            done = 0
-            while done < len(view):
-                got = os.preadv(f.fileno(), [view[done:]], offset + done)
-                if got == 0:
-                    raise DataError(f"{self.path}: ends at byte {offset + done}, inside rows it "
-                                    "should hold; allowed: a complete file (was it truncated?)")
-                done += got
+        done = store.read_into(self.path, offset, view)
+        if done < len(view):
+            raise DataError(f"{self.path}: ends at byte {offset + done}, inside rows it should "
+                            "hold; allowed: a complete file (was it truncated?)")
         return out
 
     def advise(self, piece: Piece) -> None:
         """Tell the kernel that `piece`'s rows will be read soon: it reads them ahead, many
         requests at once, which a disk or a network file system serves faster than one read
         after another."""
-        if hasattr(os, "posix_fadvise"):
+        if hasattr(os, "posix_fadvise") and not isinstance(self.path, S3Path):
             offset, shape = self.where(piece)
             fd = os.open(self.path, os.O_RDONLY)
             try:

@@ -32,6 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from hvdl.data.chunks import Piece
+from hvdl.data.formats import store
+from hvdl.data.formats.store import S3Path
 from hvdl.errors import BadInput
 
 FORMATS = ("mnist", "patches", "idx", "npy", "csv", "parquet", "hdf5", "images")
@@ -139,7 +141,7 @@ class Source:
 
 def pick_columns(names: list[str], spec: Spec, where: Path) -> tuple[list[str], str | None]:
     """(feature columns, label column) of a table with columns `names`, as `spec` asks."""
-    known = ", ".join(names)
+    known = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
     for key, wanted in (("data.label", [spec.label] if spec.label else []),
                         ("data.features", list(spec.features))):
         for name in wanted:
@@ -159,9 +161,12 @@ def pick_columns(names: list[str], spec: Spec, where: Path) -> tuple[list[str], 
 # --- files ----------------------------------------------------------------------------------
 
 def expand(path: str, *, key: str = "data.path") -> list[Path]:
-    """The files `path` names: a file, the files of a folder (recursively), or a glob's."""
+    """The files `path` names: a file, the files of a folder (recursively), or a glob's; in an
+    object store (s3://bucket/...), an object, the objects under a prefix, or a glob's."""
     if not path:
         raise DataError(f"config key '{key}' is empty; allowed: a file, a folder or a glob")
+    if store.is_url(path):
+        return expand_url(path, key)
     text = os.path.expanduser(path)
     if has_magic(text):
         files = sorted(Path(p) for p in glob(text, recursive=True) if Path(p).is_file())
@@ -179,6 +184,25 @@ def expand(path: str, *, key: str = "data.path") -> list[Path]:
                             "files")
         return files
     raise DataError(f"{key} {path}: no such file or folder; allowed: a file, a folder or a glob")
+
+
+def expand_url(url: str, key: str) -> list[Path]:
+    """expand() in an object store: the same rules and messages, prefixes for folders."""
+    found = store.expand_url(url)
+    if not has_magic(url):  # a prefix: Spark's and Hadoop's bookkeeping objects are not data
+        root = store.s3_path(url.rstrip("/"))
+        found = [p for p in found if not hidden(p, root)]
+    if found:
+        return found
+    bucket = store.S3Path(store.s3_path(url).parts[0])
+    if not bucket.exists():
+        raise DataError(f"{key} {url}: no such bucket {bucket.name!r} at the object store; "
+                        "allowed: an existing bucket (AWS_ENDPOINT_URL names the server)")
+    if has_magic(url):
+        raise DataError(f"{key} {url}: the glob matches no object; allowed: a glob that "
+                        "matches the data objects")
+    raise DataError(f"{key} {url}: no such object or prefix; allowed: s3://bucket/key, a "
+                    "prefix holding data objects, or a glob")
 
 
 def hidden(path: Path, root: Path) -> bool:
@@ -221,7 +245,7 @@ def of_format(files: list[Path], fmt: str) -> list[Path]:
 
 
 def is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
+    with store.open_file(path, buffering=4096) as f:
         return f.read(2) == GZIP_MAGIC
 
 
@@ -248,7 +272,8 @@ def decompress(path: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.")
     try:
-        with os.fdopen(fd, "wb") as dst, gzip.open(path, "rb") as src:
+        with os.fdopen(fd, "wb") as dst, store.open_file(path) as raw, \
+                gzip.GzipFile(fileobj=raw, mode="rb") as src:
             shutil.copyfileobj(src, dst, length=4 * 2**20)
         os.replace(tmp, out)
     except (OSError, EOFError) as err:
@@ -264,6 +289,15 @@ def default_cache() -> Path:
 
 def check_readable(path: Path) -> None:
     """DataError for an empty or unreadable file (before a reader trips over it)."""
+    if isinstance(path, S3Path):
+        size = store.file_info(path).size or 0  # expand() listed it: it exists
+    else:
+        size = local_size(path)
+    if size == 0:
+        raise DataError(f"{path}: the file is empty; allowed: a file with data")
+
+
+def local_size(path: Path) -> int:
     try:
         size = path.stat().st_size
         with open(path, "rb"):
@@ -271,5 +305,4 @@ def check_readable(path: Path) -> None:
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror}); allowed: a readable file") \
             from None
-    if size == 0:
-        raise DataError(f"{path}: the file is empty; allowed: a file with data")
+    return size

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
+from hvdl.data.formats import store
 from hvdl.data.formats.base import (
     DataError,
     Local,
@@ -53,9 +54,10 @@ class CsvSource(Source):
         self.feature_cols, self.label_name = pick_columns(self.names, spec, files[0])
         self.shape = (len(self.feature_cols),)
         size = max(1, int(split_mb * 2**20))
-        self.splits = [(i, begin, min(begin + size, f.stat().st_size))
-                       for i, (f, (_, data_start)) in enumerate(zip(self.files, headers))
-                       for begin in range(data_start, f.stat().st_size, size)]
+        sizes = [f.stat().st_size for f in self.files]
+        self.splits = [(i, begin, min(begin + size, end))
+                       for i, (end, (_, data_start)) in enumerate(zip(sizes, headers))
+                       for begin in range(data_start, end, size)]
         self.data_start = [h[1] for h in headers]
         self.parsed: OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self.file_rows: list[int] = []  # known once `set_counts` has run
@@ -63,7 +65,7 @@ class CsvSource(Source):
     def header(self, path: Path) -> tuple[list[str], int]:
         """The column names and the byte where the records begin."""
         check_readable(path)
-        with open(path, "rb") as f:
+        with store.open_file(path, buffering=16 * 1024) as f:
             line = f.readline()
         names = next(csv.reader([line.decode("utf-8-sig", "replace")],
                                 delimiter=self.delimiter), [])
@@ -78,7 +80,7 @@ class CsvSource(Source):
     def split_data(self, i: int) -> tuple[int, bytes]:
         """(byte offset, bytes) of split `i`'s records: the lines that begin inside it."""
         file, begin, end = self.splits[i]
-        with open(self.files[file], "rb") as f:
+        with store.open_file(self.files[file], buffering=16 * 1024) as f:
             start = begin
             if begin > self.data_start[file]:  # a record starts here only after a line end
                 f.seek(begin - 1)
@@ -141,7 +143,7 @@ class CsvSource(Source):
         file = self.splits[i][0]
         if hasattr(self, "first_line"):
             return self.first_line[i]
-        with open(self.files[file], "rb") as f:
+        with store.open_file(self.files[file]) as f:
             f.seek(self.data_start[file])
             return 2 + f.read(start - self.data_start[file]).count(b"\n")
 
@@ -233,8 +235,35 @@ class CsvSource(Source):
         return list(self.feature_cols)
 
     def columns(self) -> list[tuple[str, str]]:
-        cols = [(name, "number") for name in self.feature_cols]
+        """Each column's type as pyarrow reads the first split: a feature column of text is
+        shown with its distinct values, since it is most likely a label."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pacsv
+
+        start, data = self.split_data(0) if self.splits else (0, b"")
+        try:
+            table = pacsv.read_csv(
+                io.BytesIO(data), read_options=pacsv.ReadOptions(column_names=self.names),
+                parse_options=pacsv.ParseOptions(delimiter=self.delimiter))
+        except pa.ArrowInvalid:
+            table = None
+        cols = []
+        for name in self.feature_cols:
+            kind = "number"
+            if table is not None and not is_numeric(table.schema.field(name).type):
+                values = pc.unique(table.column(name)).to_pylist()
+                shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+                kind = (f"text, {len(values)} distinct values in the first {table.num_rows:,} "
+                        f"rows ({shown})")
+            cols.append((name, kind))
         return cols + ([(self.label_name, "label")] if self.label_name else [])
+
+
+def is_numeric(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)
 
 
 def integers_if_all(labels: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
+from hvdl.data.formats import store
 from hvdl.data.formats.arrays import Block, check_lengths, label_files, same_schema
 from hvdl.data.formats.base import (
     DataError,
@@ -122,7 +123,7 @@ def idx_header(path: Path, named: Path | None = None) -> tuple[np.dtype, tuple[i
     errors name `named`, the file as the user gave it (a gzip file, not its copy)."""
     named = named or path
     check_readable(path)
-    with open(path, "rb") as f:
+    with store.open_file(path, buffering=4096) as f:
         head = f.read(4 + 4 * 255)
     dtype, dims, header_len = parse_header(head, named)
     expected = header_len + math.prod(dims) * dtype.itemsize

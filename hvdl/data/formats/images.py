@@ -11,6 +11,7 @@ grayscale (1 channel) when the first is, else as RGB (3), so one example is (C, 
 
 from __future__ import annotations
 
+import io
 from glob import has_magic
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,21 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
+from hvdl.data.formats import store
 from hvdl.data.formats.base import DataError, Source, Spec
+from hvdl.data.formats.store import S3Path
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def data_root(path: str) -> Path:
     """The folder the images' label levels are counted in: the path before any glob."""
+    if store.is_url(path):
+        text, cut = path.rstrip("/"), store.GLOB_CHARS.search(path)
+        if cut:
+            text = path[:cut.start()].rpartition("/")[0]
+        root = store.s3_path(text)
+        return root if cut or not root.is_file() else root.parent
     parts = Path(path).expanduser().parts
     kept = [p for p in parts[:next((i for i, p in enumerate(parts) if has_magic(p)),
                                    len(parts))]]
@@ -64,7 +73,8 @@ class ImageSource(Source):
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(store.open_file(path).read())
+                            if isinstance(path, S3Path) else path) as image:
                 if mode is None:
                     mode = "L" if image.mode in GRAY_MODES else "RGB"
                 return np.asarray(image.convert(mode))

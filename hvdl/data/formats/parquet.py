@@ -4,18 +4,25 @@
 
 Only the columns asked for are read. The label column may hold integers or strings; features
 must be number columns, or one column holding a fixed-size list of numbers per row (an image,
-an embedding).
+an embedding). A file written by `hvdl data convert` carries one example's shape (an image's
+(C, H, W)) in its schema's metadata, so its rows come back in that shape.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hvdl.data.chunks import Piece
+from hvdl.data.formats import store
 from hvdl.data.formats.base import DataError, Source, Spec, check_readable, pick_columns
+from hvdl.data.formats.store import S3Path
+
+SHAPE_KEY = b"hvdl.shape"  # schema metadata: one example's shape, as a JSON list
 
 
 class ParquetSource(Source):
@@ -29,7 +36,8 @@ class ParquetSource(Source):
         for f in files:
             check_readable(f)
             try:
-                self.handles.append(pq.ParquetFile(f))
+                self.handles.append(pq.ParquetFile(store.arrow_file(f) if isinstance(f, S3Path)
+                                                   else f))
             except (pa.ArrowException, OSError) as err:
                 raise DataError(f"{f}: not a complete Parquet file ({err}); allowed: a file "
                                 "written by pyarrow, Spark or pandas") from None
@@ -45,10 +53,16 @@ class ParquetSource(Source):
         numeric = [t.value_type if self.listed else t for t in types]
         for name, t in zip(self.feature_cols, numeric):
             if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
-                raise DataError(f"{files[0]}: feature column {name!r} holds {t}; allowed: number "
-                                "columns, or one column of fixed-size lists of numbers")
+                text = pa.types.is_string(t) or pa.types.is_large_string(t)
+                label = (f" (text: if it names each row's class, make it the label, data.label "
+                         f"{name!r})") if text else ""
+                raise DataError(f"{files[0]}: feature column {name!r} holds {t}{label}; allowed: "
+                                "number columns, or one column of fixed-size lists of numbers")
         self.dtype = np.result_type(*[t.to_pandas_dtype() for t in numeric])
         self.shape = (types[0].list_size,) if self.listed else (len(self.feature_cols),)
+        saved = json.loads((schema.metadata or {}).get(SHAPE_KEY, b"[]"))
+        if saved and math.prod(saved) == self.shape[0] and (self.listed or not spec.features):
+            self.shape = tuple(saved)
         self.group_rows = [[h.metadata.row_group(g).num_rows for g in range(h.num_row_groups)]
                            for h in self.handles]
         self.file_rows = [sum(g) for g in self.group_rows]
