@@ -93,8 +93,11 @@ class DataConfig:
     """The training data (hvdl/data/): a bundled dataset or the user's own files."""
 
     # "" means from the files' names (mnist when there is no path)
-    format: Literal["", "mnist", "patches", "idx", "npy", "csv", "parquet", "hdf5", "images"] = ""
-    path: str = ""  # a file, a folder or a glob; several files are one dataset in sorted order
+    format: Literal["", "mnist", "patches", "idx", "npy", "csv", "parquet", "hdf5", "images",
+                    "sql"] = ""
+    # a file, a folder or a glob (several files are one dataset in sorted order), s3://bucket/...
+    # in object storage, or postgresql://user@host:port/db for format sql
+    path: str = ""
     test_path: str = ""  # held-out data in the same format and layout
     test_label: str = ""  # test_path's label files (npy, idx); "" means data.label
     # without test_path: this share held out, drawn from the seed
@@ -119,6 +122,9 @@ class DataConfig:
     buffer_mb: Positive[float] = 1024
     chunk_mb: Positive[float] = 4  # rows per chunk: this many MB of float32 features
     cache_dir: str = ""  # where a gzip file is decompressed once per node ("": $TMPDIR/hvdl-cache)
+    table: str = ""  # sql: the table or view to read (schema.name)
+    query: str = ""  # sql: a query to read instead, in parts by data.key
+    key: str = ""  # sql: an integer column to split by ("": the table's pages)
 
 
 @dataclass(frozen=True)

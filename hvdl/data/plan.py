@@ -73,10 +73,16 @@ def node_copies(ctx: Context, sharing: Sharing, folder: Path,
 
 
 def count_records(source: Source, sharing: Sharing) -> None:
-    """A CSV's records per split, each split counted by one rank; a no-op for other formats."""
+    """A CSV's records per split, each split counted by one rank (a database's, in one snapshot
+    of it that every rank shares); a no-op for other formats."""
+    ctx = sharing.ctx
+    if source.live:
+        first = ctx.rank == 0 or not sharing.collective
+        state = sharing.agree(lambda: source.export_state() if first else None, "data.export")
+        state = sharing.gather(state, "data.state")[0]
+        sharing.agree(lambda: source.import_state(state), "data.import")
     if not source.splits:
         return
-    ctx = sharing.ctx
     mine = range(ctx.rank, len(source.splits), ctx.size) if sharing.collective \
         else range(len(source.splits))
     counted = sharing.agree(lambda: {i: source.count(i) for i in mine}, "data.count")

@@ -85,6 +85,8 @@ def startup_line(info: dict[str, Any], ctx: Context) -> str:
     """The line that says what is trained on and how it is held (`info`: `record`'s)."""
     classes = f", {len(info['classes'])} classes" if info["classes"] else ", unlabelled"
     files = f"{info['file_count']} file{'s' if info['file_count'] > 1 else ''}"
+    if info["format"] == "sql":  # a table or query: "<url> table NAME"
+        files = info["files"][0].split(" ", 1)[1]
     n_train, n_test = info["rows"]["train"], info["rows"]["test"]
     shard = n_train // ctx.size * info["features"] * 4
     how = (f"held in memory on {ctx.device}" if info["memory"] == "device" else

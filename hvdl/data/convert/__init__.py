@@ -48,6 +48,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         sub.add_argument("--format", default="", help="format of PATH (default: its name's)")
         sub.add_argument("--label", default="", help="label column, key, file or folder level")
         sub.add_argument("--features", default="", help="comma-separated columns or the key")
+        sub.add_argument("--table", default="", help="sql: the table (PATH: postgresql://...)")
+        sub.add_argument("--query", default="", help="sql: a query, read in parts by --key")
+        sub.add_argument("--key", default="", help="sql: an integer column to split by")
         sub.add_argument("--split", default="train", choices=("train", "test"),
                          help="MNIST's split (--format mnist)")
         sub.add_argument("--chunk-mb", type=float, default=4, help="chunk size (data.chunk_mb)")
@@ -70,7 +73,9 @@ def open_alone(args: argparse.Namespace) -> Source:
                                 lambda p: decompress(p, default_cache()))
     features = tuple(f for f in args.features.split(",") if f)
     source = open_source(Spec(format=args.format, path=args.path, label=args.label,
-                              features=features), split_mb=args.chunk_mb)
+                              features=features, table=args.table, query=args.query,
+                              key=args.key), split_mb=args.chunk_mb)
+    source.import_state(source.export_state())
     if source.splits:
         source.set_counts([source.count(i) for i in range(len(source.splits))])
     return source

@@ -13,9 +13,10 @@
 | images | images.ImageSource | an image file | its folder's name (a level) |
 | mnist | mnist.open_split | MNIST's IDX pairs, train and t10k | the digits |
 | patches | patches.PatchSource | a natural-image patch, drawn, whitened | none |
+| sql | sql.TableSource | a row of a PostgreSQL table or query | a column |
 
-The readers import only base.py (Source, Spec, DataError and the file helpers); this module
-imports them, and nothing imports it back.
+The readers import only base.py (Source, Spec, DataError and the file helpers) and store.py
+(local files and s3:// objects); this module imports them, and nothing imports it back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from hvdl.data.formats import arrays, delimited, hdf5, idx, images, mnist, parquet
+from hvdl.data.formats import arrays, delimited, hdf5, idx, images, mnist, parquet, sql
 from hvdl.data.formats.base import (
     FILE_FORMATS,
     DataError,
@@ -47,6 +48,11 @@ READERS: dict[str, Callable[..., Source]] = {
 
 def open_source(spec: Spec, *, local: Local | None = None, **options: Any) -> Source:
     """The reader for `spec`; `local` gives gzip files a decompressed copy (default: here)."""
+    if spec.format == "sql" or sql.is_database(spec.path):
+        if not sql.is_database(spec.path):
+            raise DataError(f"data.path {spec.path!r} is not a database URL for format sql; "
+                            "allowed: postgresql://user@host:port/db")
+        return sql.TableSource(spec, **options)
     local = local or (lambda p: decompress(p, default_cache()))
     files = expand(spec.path)
     fmt = spec.format or infer_format(files, spec.path)
@@ -61,8 +67,11 @@ def open_source(spec: Spec, *, local: Local | None = None, **options: Any) -> So
 
 
 def data_format(config: Settings) -> str:
-    """data.format, or mnist when neither a format nor a path is given (inferred otherwise)."""
-    return config.data.format or ("" if config.data.path else "mnist")
+    """data.format; sql for a database URL, mnist when neither a format nor a path is given,
+    else "" (the files tell)."""
+    if config.data.format or sql.is_database(config.data.path):
+        return config.data.format or "sql"
+    return "" if config.data.path else "mnist"
 
 
 def mnist_splits(config: Settings, local: Local) -> tuple[Source, Source | None]:
@@ -95,9 +104,21 @@ def file_splits(config: Settings, local: Local) -> tuple[Source, Source | None]:
     return train, test
 
 
+def sql_splits(config: Settings, local: Local) -> tuple[Source, Source | None]:
+    """A PostgreSQL table or query (data.path: its server's URL); the test rows are held out by
+    data.test_fraction."""
+    spec = config.data
+    if spec.test_path:
+        raise DataError("data.test_path is not read for format sql; allowed: data.test_fraction "
+                        "(or a second run on a query of the test rows)")
+    return open_source(Spec(format="sql", path=spec.path, label=spec.label,
+                            features=spec.features, table=spec.table, query=spec.query,
+                            key=spec.key), split_mb=spec.chunk_mb), None
+
+
 # What opens each data.format's splits ("": the files' format, from their names).
 SPLITS: dict[str, Callable[[Settings, Local], tuple[Source, Source | None]]] = {
-    "mnist": mnist_splits, "patches": patch_splits, "": file_splits,
+    "mnist": mnist_splits, "patches": patch_splits, "sql": sql_splits, "": file_splits,
     **{fmt: file_splits for fmt in READERS},
 }
 

@@ -36,7 +36,7 @@ from hvdl.data.formats import store
 from hvdl.data.formats.store import S3Path
 from hvdl.errors import BadInput
 
-FORMATS = ("mnist", "patches", "idx", "npy", "csv", "parquet", "hdf5", "images")
+FORMATS = ("mnist", "patches", "idx", "npy", "csv", "parquet", "hdf5", "images", "sql")
 FILE_FORMATS = ("idx", "npy", "csv", "parquet", "hdf5", "images")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SUFFIXES = {".npy": "npy", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
@@ -60,6 +60,9 @@ class Spec:
     path: str = ""
     label: str = ""
     features: tuple[str, ...] = ()
+    table: str = ""  # sql: a table, or a query read in parts by an integer key column
+    query: str = ""
+    key: str = ""
 
 
 class Source:
@@ -104,6 +107,17 @@ class Source:
 
     def set_counts(self, counts: list[tuple[int, int]]) -> None:
         raise NotImplementedError
+
+    # A live source (a database) is read in one state of it by every rank: rank 0 exports the
+    # state (`export_state`, its snapshot), every rank imports it (`import_state`) before the
+    # parts are counted. Files need nothing.
+    live = False
+
+    def export_state(self) -> Any:
+        return None
+
+    def import_state(self, state: Any) -> None:
+        """Read in `state`, rank 0's `export_state()`."""
 
     def prepare(self, pieces: list[Piece], reduce_sum: Callable[[Any], Any]) -> None:
         """Fit what reading needs over every rank's pieces (`reduce_sum`: a sum over ranks)
