@@ -66,54 +66,64 @@ class ParquetSource(Source):
         self.group_rows = [[h.metadata.row_group(g).num_rows for g in range(h.num_row_groups)]
                            for h in self.handles]
         self.file_rows = [sum(g) for g in self.group_rows]
-        self.cached: tuple[tuple[int, int], Any] | None = None
+        self.cached: tuple[tuple[int, int, bool], Any] | None = None
 
-    def group(self, file: int, g: int, columns: list[str]) -> Any:
-        if self.cached is None or self.cached[0] != (file, g, tuple(columns)):
-            self.cached = ((file, g, tuple(columns)),
-                           self.handles[file].read_row_group(g, columns=columns))
+    def group(self, file: int, g: int, features: bool = True) -> tuple[Any, Any]:
+        """Row group `g` of a file as arrays: (features (rows, features) in the stored type, or
+        None; raw labels or None), converted once (a rank reads its pieces in file order, so
+        consecutive pieces share it). features=False reads the label column alone."""
+        key = (file, g, features)
+        if self.cached is None or self.cached[0] not in (key, (file, g, True)):
+            columns = (self.feature_cols if features else []) + (
+                [self.label_name] if self.label_name else [])
+            table = self.handles[file].read_row_group(g, columns=columns)
+            first = sum(self.group_rows[file][:g])
+            self.cached = (key, (self.features_of(table) if features else None,
+                                 self.label_values(table, file, first)))
         return self.cached[1]
 
-    def table(self, piece: Piece, columns: list[str]) -> Any:
-        """The piece's rows of `columns`, from the row groups that hold them."""
-        import pyarrow as pa
-
-        parts, offset = [], 0
-        for g, rows in enumerate(self.group_rows[piece.file]):
-            lo, hi = max(piece.start, offset), min(piece.stop, offset + rows)
-            if lo < hi:
-                parts.append(self.group(piece.file, g, columns).slice(lo - offset, hi - lo))
-            offset += rows
-        return pa.concat_tables(parts)
-
-    def labels(self, piece: Piece) -> np.ndarray | None:
-        if not self.label_name:
-            return None
-        return self.label_values(self.table(piece, [self.label_name]), piece)
-
-    def label_values(self, table: Any, piece: Piece) -> np.ndarray:
-        labels = table.column(self.label_name)
-        if labels.null_count:
-            row = int(labels.is_null().to_numpy(zero_copy_only=False).argmax())
-            raise DataError(f"{self.name(piece.file)} row {piece.start + row}: the label "
-                            f"{self.label_name!r} is empty; allowed: a label in every row")
-        return labels.to_numpy(zero_copy_only=False)
-
-    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
-        columns = self.feature_cols + ([self.label_name] if self.label_name else [])
-        table = self.table(piece, columns)
+    def features_of(self, table: Any) -> np.ndarray:
         if self.listed:
             column = table.column(self.feature_cols[0]).combine_chunks()
             x = np.asarray(column.flatten().to_numpy(zero_copy_only=False))
-            x = x.reshape(table.num_rows, self.shape[0])
-        else:
-            x = np.empty((table.num_rows, len(self.feature_cols)), dtype=self.dtype)
-            for j, name in enumerate(self.feature_cols):
-                col = table.column(name)
-                if col.null_count:
-                    x = x.astype(np.float64, copy=False)  # nulls become NaN, found by the checks
-                x[:, j] = col.to_numpy(zero_copy_only=False)
-        return x, (self.label_values(table, piece) if self.label_name else None)
+            return x.reshape(table.num_rows, self.features)
+        x = np.empty((table.num_rows, len(self.feature_cols)), dtype=self.dtype)
+        for j, name in enumerate(self.feature_cols):
+            col = table.column(name)
+            if col.null_count:
+                x = x.astype(np.float64, copy=False)  # nulls become NaN, found by the checks
+            x[:, j] = col.to_numpy(zero_copy_only=False)
+        return x
+
+    def label_values(self, table: Any, file: int, first: int) -> np.ndarray | None:
+        if not self.label_name:
+            return None
+        labels = table.column(self.label_name)
+        if labels.null_count:
+            row = int(labels.is_null().to_numpy(zero_copy_only=False).argmax())
+            raise DataError(f"{self.name(file)} row {first + row}: the label "
+                            f"{self.label_name!r} is empty; allowed: a label in every row")
+        return labels.to_numpy(zero_copy_only=False)
+
+    def slices(self, piece: Piece, features: bool) -> tuple[Any, Any]:
+        """The piece's (features, labels), sliced from the row groups that hold them."""
+        xs, ys, offset = [], [], 0
+        for g, rows in enumerate(self.group_rows[piece.file]):
+            lo, hi = max(piece.start, offset), min(piece.stop, offset + rows)
+            if lo < hi:
+                x, y = self.group(piece.file, g, features)
+                xs.append(None if x is None else x[lo - offset:hi - offset])
+                ys.append(None if y is None else y[lo - offset:hi - offset])
+            offset += rows
+        return (np.concatenate(xs) if features else None,
+                np.concatenate(ys) if self.label_name else None)
+
+    def labels(self, piece: Piece) -> np.ndarray | None:
+        return self.slices(piece, features=False)[1] if self.label_name else None
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        x, y = self.slices(piece, features=True)
+        return x.reshape(piece.rows, -1), y
 
     def feature_names(self) -> list[str]:
         return list(self.feature_cols) if not self.listed else super().feature_names()

@@ -42,6 +42,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
+from hvdl.data import chunks
 from hvdl.data.chunks import Piece
 from hvdl.data.formats.base import DataError, Source, Spec, pick_columns
 
@@ -118,7 +119,7 @@ class TableSource(Source):
             raise DataError("data.query is read in parts by an integer key column; allowed: "
                             "data.key naming one of the query's columns")
         url = connect_url(spec.path)
-        self.url, self.spec, self.split_bytes = spec.path, spec, max(1, int(split_mb * 2**20))
+        self.url, self.spec, self.chunk_mb = spec.path, spec, split_mb
         self.lock = threading.Lock()
         try:
             self.connection = pg.connect(url, autocommit=True)
@@ -201,17 +202,26 @@ class TableSource(Source):
                        for k, a in enumerate(bounds)]
 
     def extent(self) -> tuple[int, int, int]:
-        """(first, end, step) of the splits: pages, or key values."""
+        """(first, end, step) of the splits: pages, or key values. A split holds about one
+        chunk's rows (the chunk rule's size for this many rows), so a rank's chunks, dealt
+        across the table, cost it little more than its own rows."""
+        features = len(self.feature_cols)
         if not self.spec.key:
             page = int(self.one("SELECT current_setting('block_size')::int"))
-            pages = int(self.one("SELECT pg_relation_size($1::regclass)", (self.source,))) // page
-            return 0, max(pages, 1), max(1, self.split_bytes // page)
+            pages = max(1, int(self.one("SELECT pg_relation_size($1::regclass)",
+                                        (self.source,))) // page)
+            rows = float(self.one("SELECT reltuples FROM pg_class WHERE oid = $1::regclass",
+                                  (self.source,)))
+            if rows <= 0:  # never analysed: guess from the row's width
+                rows = pages * page / (features * 8 + 24)
+            per_chunk = chunks.chunk_rows(features, self.chunk_mb, int(rows))
+            return 0, pages, max(1, round(per_chunk * pages / max(rows, 1)))
         key = quoted(self.spec.key)
         rows, low, high = self.arrow(
             f"SELECT count(*), min({key}), max({key}) FROM {self.source}").to_pylist()[0].values()
         if not rows:
             return 0, 1, 1
-        splits = max(1, math.ceil(rows * len(self.feature_cols) * 8 / self.split_bytes))
+        splits = max(1, rows // chunks.chunk_rows(features, self.chunk_mb, rows))
         return int(low), int(high) + 1, max(1, math.ceil((high - low + 1) / splits))
 
     def where(self, i: int) -> str:
@@ -235,46 +245,43 @@ class TableSource(Source):
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def split_table(self, i: int) -> Any:
+    def split_arrays(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Split `i`'s rows as (features float64, raw labels), fetched and converted once (a
+        rank reads its pieces in table order, so consecutive pieces share a split)."""
         if i not in self.parsed:
-            columns = ", ".join(quoted(c) for c in self.feature_cols +
-                                ([self.label_name] if self.label_name else []))
+            # The features as one float8[] column: one conversion for the split, not one per
+            # column (a NULL stays a null element, then NaN, found by the checks)
+            features = ", ".join(quoted(c) for c in self.feature_cols)
+            label = f", {quoted(self.label_name)}" if self.label_name else ""
             order = quoted(self.spec.key) if self.spec.key else "ctid"
-            self.parsed[i] = self.arrow(f"SELECT {columns} FROM {self.source} WHERE "
-                                        f"{self.where(i)} ORDER BY {order}")
+            table = self.arrow(f"SELECT ARRAY[{features}]::float8[] AS hvdl_x{label} FROM "
+                               f"{self.source} WHERE {self.where(i)} ORDER BY {order}")
+            flat = table.column("hvdl_x").combine_chunks().flatten()
+            x = flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+            self.parsed[i] = (x, self.label_values(table, self.first_row[i]))
             while len(self.parsed) > 4:
                 self.parsed.popitem(last=False)
         return self.parsed[i]
 
-    def table(self, piece: Piece) -> Any:
-        import pyarrow as pa
-
-        parts = []
-        for i, (first, n) in enumerate(zip(self.first_row, self.counts)):
-            lo, hi = max(piece.start, first), min(piece.stop, first + n)
-            if lo < hi:
-                parts.append(self.split_table(i).slice(lo - first, hi - lo))
-        return pa.concat_tables(parts)
-
-    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
-        table = self.table(piece)
-        x = np.empty((table.num_rows, len(self.feature_cols)), dtype=np.float64)
-        for j, name in enumerate(self.feature_cols):  # NULL becomes NaN, found by the checks
-            x[:, j] = table.column(name).cast("float64").to_numpy(zero_copy_only=False)
-        return x, self.label_values(table, piece)
-
-    def labels(self, piece: Piece) -> np.ndarray | None:
-        return self.label_values(self.table(piece), piece) if self.label_name else None
-
-    def label_values(self, table: Any, piece: Piece) -> np.ndarray | None:
+    def label_values(self, table: Any, first: int) -> np.ndarray | None:
         if not self.label_name:
             return None
         labels = table.column(self.label_name)
         if labels.null_count:
             row = int(labels.is_null().to_numpy(zero_copy_only=False).argmax())
-            raise DataError(f"{self.position(piece, row)}: the label {self.label_name!r} is "
-                            "NULL; allowed: a label in every row")
+            raise DataError(f"{self.files[0]} row {first + row}: the label {self.label_name!r} "
+                            "is NULL; allowed: a label in every row")
         return labels.to_numpy(zero_copy_only=False)
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        xs, ys = [], []
+        for i, (first, n) in enumerate(zip(self.first_row, self.counts)):
+            lo, hi = max(piece.start, first), min(piece.stop, first + n)
+            if lo < hi:
+                x, y = self.split_arrays(i)
+                xs.append(x[lo - first:hi - first])
+                ys.append(None if y is None else y[lo - first:hi - first])
+        return np.concatenate(xs), (np.concatenate(ys) if self.label_name else None)
 
     def position(self, piece: Piece, row: int) -> str:
         return f"{self.files[0]} row {piece.start + row} (in {'key' if self.spec.key else 'ctid'}" \
