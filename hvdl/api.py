@@ -68,6 +68,16 @@ def fit(model: str = "lenet5", *, data: str | Path | dict[str, Any] | None = Non
     return Result(final, run_dir, latest, load_trained(latest, ctx.device) if latest else None)
 
 
+def result(run_dir: str | Path) -> Result:
+    """What `fit` returns, read back from a finished run's folder (hvdl.spark's ranks ran it)."""
+    import json
+
+    run_dir = Path(run_dir)
+    final = json.loads((run_dir / "metrics.json").read_text()).get("final", {})
+    latest = checkpoint.latest(run_dir)
+    return Result(final, run_dir, latest, load_trained(latest) if latest else None)
+
+
 def load(path: str | Path) -> Trained:
     """The trained model of a checkpoint, with its family, config and data record."""
     return load_trained(Path(path))

@@ -56,8 +56,9 @@ def data_record(info: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a checkpoint keeps of the dataset: enough to read new data as training did."""
     if info is None:
         return None
-    return {k: info[k] for k in ("format", "path", "fingerprint", "features", "shape", "label",
+    kept = {k: info[k] for k in ("format", "path", "fingerprint", "features", "shape", "label",
                                  "classes", "scale")}
+    return {**kept, "columns": info.get("columns")}  # names the features (hvdl.spark.transform)
 
 
 def write(path: Path, payload: dict[str, Any]) -> Path:
