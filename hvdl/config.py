@@ -289,9 +289,24 @@ def _nearest(key: str) -> str:
     known = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
     known += [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
     bare = {k.rpartition(".")[2]: k for k in known}  # a section's key given without its section
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    close = close or [bare[k] for k in difflib.get_close_matches(key, list(bare), n=1, cutoff=0.75)]
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.75)
+    close = close or [bare[k] for k in difflib.get_close_matches(key, list(bare), n=3, cutoff=0.75)]
+    # the fewest edits, then the same letters: "lable" is "label" with two swapped
+    close.sort(key=lambda k: (edits(key, k), sorted(key) != sorted(k)))
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def edits(a: str, b: str) -> int:
+    """The edits from `a` to `b`: insertions, deletions, substitutions and swaps of neighbours
+    (optimal string alignment distance)."""
+    d = [[i + j if not i * j else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
+                          d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
 
 
 def build(values: dict[str, Any]) -> Config:

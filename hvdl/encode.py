@@ -14,7 +14,10 @@ has labels) or `part-<r>.npy` with `part-<r>.labels.npy`. Rank 0 writes `manifes
 parts in order with their rows, the layer, the checkpoint and the data's record. The parts in
 name order are the dataset in file order, so the output trains another model as it is:
 `--data.path 'DIR/part-*.parquet' --data.label label`. DIR must be new or empty; nothing is
-written over. Bad input: one line on rank 0, status 2.
+written over. DIR may be s3://bucket/prefix; or `--out postgresql://user@host/db --table NAME`
+writes the codes as a new table, each rank inserting its rows in bulk with what identifies their
+source rows (the data's `data.key`, else their ctid, or for files their place in file order),
+so the features join to the data in SQL. Bad input: one line on rank 0, status 2.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                             epilog=overrides_epilog())
     parser.add_argument("--checkpoint", required=True, type=Path, help="a .pt written by hvdl")
     parser.add_argument("--out", required=True, type=store.path_of,
-                        help="a new or empty folder, or s3://bucket/prefix")
+                        help="a new or empty folder, s3://bucket/prefix, or a database "
+                        "(postgresql://user@host/db) with --table")
+    parser.add_argument("--table", default="", help="the new table --out's database gets")
     parser.add_argument("--layer", type=int, help="the hidden layer, 1 = the first (default: "
                         "the code layer or the last)")
     parser.add_argument("--format", choices=("parquet", "npy"), default="parquet",
@@ -52,10 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     is_root = launcher_rank() == 0
     try:
         done = encoding(load_trained(args.checkpoint), args.out, args.layer, args.format, rest,
-                        args.data_dir)
+                        args.data_dir, args.table)
     except BadInput as err:
         raise fail(str(err), is_root) from None
-    if is_root:
+    if is_root and args.table:
+        print(f"hvdl encode: {done['rows']:,} rows of {done['source']} through layer "
+              f"{done['layer']} of {args.checkpoint} into table {args.table} of {args.out} "
+              f"({done['parts']} rank(s) inserting)")
+    elif is_root:
         print(f"hvdl encode: {done['rows']:,} rows of {done['source']} through layer "
               f"{done['layer']} of {args.checkpoint} into {done['parts']} part(s) in {args.out}; "
               f"train on them with --data.path '{args.out}/part-*.{args.format}'"

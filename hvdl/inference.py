@@ -91,9 +91,8 @@ def check_out(out: Path) -> None:
                        "(nothing is written over)")
 
 
-def encode_part(trained: Trained, layer: int, data: Any, out: Path, rank: int,
-                fmt: str) -> dict[str, Any]:
-    """Encode this rank's shard into its part; what the manifest says of it."""
+def codes_of(trained: Trained, layer: int, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """This rank's rows through hidden layer `layer` (float32), and their label values."""
     encoder = trained.family.encoder(trained.model, layer)
     dtype = next(trained.model.parameters()).dtype
     with torch.no_grad():  # the code's width, even for a rank without rows
@@ -105,7 +104,28 @@ def encode_part(trained: Trained, layer: int, data: Any, out: Path, rank: int,
             if y is not None and data.classes is not None:
                 labels.append(np.asarray(data.classes, dtype=object)[y.cpu().numpy()])
     x = np.concatenate(codes) if codes else np.zeros((0, width), dtype=np.float32)
-    y = label_values(labels) if data.classes is not None else None
+    return x, (label_values(labels) if data.classes is not None else None)
+
+
+def check_table(url: str, table: str) -> None:
+    """BadInput unless `table` is a new table's name in the database at `url`."""
+    from hvdl.data.formats import sql
+
+    if not table:
+        raise BadInput(f"--out {url} is a database; allowed: --table NAME, the new table to "
+                       "write the codes to")
+    with sql.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass($1)::text", (table,))
+        if cur.fetchone()[0] is not None:
+            raise BadInput(f"table {table} exists in {url}; allowed: a new table (nothing is "
+                           "written over)")
+
+
+def encode_part(trained: Trained, layer: int, data: Any, out: Path, rank: int,
+                fmt: str) -> dict[str, Any]:
+    """Encode this rank's shard into its part; what the manifest says of it."""
+    x, y = codes_of(trained, layer, data)
+    width = x.shape[1]
     layout = Layout(rows=len(x), shape=(width,), dtype=np.dtype(np.float32),
                     names=[f"f{j}" for j in range(width)],
                     label_dtype=None if y is None else y.dtype)
@@ -118,6 +138,42 @@ def encode_part(trained: Trained, layer: int, data: Any, out: Path, rank: int,
         raise
     files = writer.commit()
     return {"rank": rank, "rows": len(x), "features": width, "files": [f.name for f in files]}
+
+
+def encode_table(trained: Trained, layer: int, data: Any, url: str, table: str,
+                  ctx: Any) -> int:
+    """This rank's codes inserted in bulk into the new database table `table`, each row with
+    what identifies its source row (a key, a ctid, or its place in the files): rank 0 creates
+    the table with its rows, then the others append theirs. Returns this rank's rows."""
+    import pyarrow as pa
+
+    from hvdl.data.chunks import Piece
+    from hvdl.data.formats import sql
+
+    x, y = codes_of(trained, layer, data)
+    found = [data.source.row_ids(Piece(*p)) for p in data.info["shards"][ctx.rank]["pieces"]]
+    name = found[0][0] if found else "row"
+    ids = np.concatenate([v for _, v in found]) if found else np.zeros(0, dtype=np.int64)
+    columns = {name: ids, **{f"f{j}": x[:, j] for j in range(x.shape[1])}}
+    if y is not None:
+        columns["label"] = y.astype(str) if y.dtype.kind in "UO" else y
+    rows = pa.table(columns)
+    with sql.connect(url) as conn, conn.cursor() as cur:
+        problem = None
+        if ctx.is_root:
+            try:
+                cur.adbc_ingest(table, rows, mode="create")
+            except Exception as err:  # the driver's errors: bad input on every rank below
+                problem = str(sql.failure(url, err))
+        problem = dist.allgather_object(problem, name="encode.create")[0]
+        if problem:
+            raise BadInput(problem)
+        if not ctx.is_root and rows.num_rows:
+            try:
+                cur.adbc_ingest(table, rows, mode="append")
+            except Exception as err:
+                raise sql.failure(url, err) from None
+    return rows.num_rows
 
 
 def label_values(parts: list[np.ndarray]) -> np.ndarray:
@@ -167,17 +223,25 @@ def evaluation(trained: Trained, argv: list[str], data_dir: str = "") -> dict[st
     return figures(trained, data.test, data.classes)
 
 
-def encoding(trained: Trained, out: Path, layer: int | None, fmt: str, argv: list[str],
-             data_dir: str = "") -> dict[str, Any]:
+def encoding(trained: Trained, out: Path | str, layer: int | None, fmt: str, argv: list[str],
+             data_dir: str = "", table: str = "") -> dict[str, Any]:
     """Every row of the checkpoint's data (or the data `argv` names) through hidden layer
-    `layer` into parts in the new or empty folder `out`, with its manifest.json (a collective);
-    what was written: rows, parts, layer, the data's name and whether it has labels."""
+    `layer` into parts in the new or empty folder `out`, with its manifest.json, or into the
+    new table `table` of the database at `out` (postgresql://...); a collective. What was
+    written: rows, parts, layer, the data's name and whether it has labels."""
     layer = pick_layer(trained, layer)
     config = with_overrides(trained, argv, data_dir)
-    check_out(out)
+    into_table = isinstance(out, str)
+    check_table(out, table) if into_table else check_out(out)
     ctx = dist.start(config, training=False)
     data = dataset.load(Settings.of(config), ctx, images=trained.family.images, given=trained.data,
                         splits=("all",))
+    if into_table:
+        trained.model.to(ctx.device)
+        rows = dist.allgather_object(encode_table(trained, layer, data, out, table, ctx),
+                                     name="encode.rows")
+        return {"rows": sum(rows), "parts": len(rows), "layer": layer,
+                "source": config.data.path or data.info["format"], "labels": bool(data.classes)}
     if ctx.is_root and not isinstance(out, S3Path):
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()

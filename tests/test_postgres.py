@@ -275,3 +275,38 @@ def test_a_url_with_a_password_is_refused_before_connecting():
         open_source(Spec(format="sql", path="postgresql://u:topsecret@127.0.0.1:1/db",
                          table="t"))
     assert "topsecret" not in str(caught.value)
+
+
+def test_encode_writes_the_codes_back_as_a_table_that_joins_to_the_rows(tmp_path, postgres,
+                                                                        table):
+    """Test that `hvdl encode --out postgresql://... --table` on 2 ranks inserts one row of
+    codes per source row, keyed by data.key (by ctid without one), equal to the model's codes
+    of that row; a second encode into the table is refused."""
+    from hvdl.families import load_trained
+
+    check_job(1, ["-m", "hvdl.train", "--model", "rbm_mnist", "--layers", "0,3",
+                  "--rbm.pretrain_epochs", "1", "--batch_size", "5",
+                  *sql_options(postgres, "--data.table", "rows", "--data.key", "k"),
+                  "--results_dir", str(tmp_path / "runs")], launcher="python")
+    stage = next((tmp_path / "runs").iterdir()) / "stages" / "pretrain1.pt"
+    for name, extra in (("codes_by_key", []), ("codes_by_ctid", ["--data.key", ""])):
+        check_job(2, ["-m", "hvdl.encode", "--checkpoint", str(stage), "--out", postgres.url,
+                      "--table", name, *extra])
+    again = run_job(1, ["-m", "hvdl.encode", "--checkpoint", str(stage), "--out", postgres.url,
+                        "--table", "codes_by_key"], launcher="python", timeout=120)
+    assert again.returncode == 2 and "table codes_by_key exists" in again.stderr
+    trained = load_trained(stage)
+    with postgres.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT r.id, r.b, r.c, r.d, c.f0, c.f1, c.f2, c.label FROM rows r JOIN "
+                    "codes_by_key c USING (k) ORDER BY r.id")
+        joined = cur.fetchall()
+        cur.execute("SELECT r.id, c.f0 FROM rows r JOIN codes_by_ctid c ON r.ctid = "
+                    "c.source_ctid::tid ORDER BY r.id")
+        by_ctid = cur.fetchall()
+    assert len(joined) == len(by_ctid) == ROWS
+    x = torch.tensor([row[:4] for row in joined], dtype=torch.float32) / 255  # data.scale unit
+    with torch.no_grad():
+        want = trained.family.encoder(trained.model, 1)(x).numpy()
+    np.testing.assert_allclose(np.array([row[4:7] for row in joined]), want, rtol=1e-5)
+    assert [row[1] for row in by_ctid] == [row[4] for row in joined]
+    assert {row[7] for row in joined} == {"ant", "bee", "cat"}

@@ -80,6 +80,7 @@ class Data:
     info: dict[str, Any]
     reload: Callable[[Context], tuple[Shard, Shard | None]] | None = None  # the same, dealt again
     dealt: tuple[int, int] | None = None  # (rank, world size) the shards were dealt for
+    source: Source | None = None  # the training split's reader, open (its rows' ids)
 
     def shards(self) -> Shards:
         """The training and test shards, dealt again on a new world (elastic training)."""
@@ -230,7 +231,7 @@ def load(config: Settings, ctx: Context, *, labels: bool = False, images: bool =
         return again.train, again.test
 
     return Data(train_shard, test_shard, source.features, built["shape"],
-                classes.names if classes else None, info, reload, (ctx.rank, ctx.size))
+                classes.names if classes else None, info, reload, (ctx.rank, ctx.size), source)
 
 
 def test_split_shard(config: Settings, sharing: Sharing, test: Split, layout: tuple[int, ...],

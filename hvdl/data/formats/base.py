@@ -124,6 +124,13 @@ class Source:
         before any row is read; natural-image patches fit their normalisation, files need
         nothing."""
 
+    def row_ids(self, piece: Piece) -> tuple[str, np.ndarray]:
+        """(name, values) that identify the piece's rows in the source, so results written
+        back join to them: a database's key (or ctid); for files the row's place, counted
+        over the files in order."""
+        first = sum(self.file_rows[:piece.file]) + piece.start
+        return "row", np.arange(first, first + piece.rows, dtype=np.int64)
+
     def feature_names(self) -> list[str]:
         """A name per feature: the columns of a table, else f0, f1, ..."""
         return [f"f{j}" for j in range(self.features)]

@@ -105,26 +105,31 @@ def failure(url: str, err: BaseException) -> DataError:
     return DataError(f"{url}: {text[:300]}")
 
 
+def connect(url: str) -> Any:
+    """An ADBC connection in autocommit mode; DataError (one line) when there is none."""
+    import adbc_driver_postgresql.dbapi as pg  # the sql extra (pyproject.toml)
+
+    address = connect_url(url)
+    try:
+        return pg.connect(address, autocommit=True)
+    except Exception as err:  # the driver's errors have no common base beyond Exception
+        raise failure(url, err) from None
+
+
 class TableSource(Source):
     format = "sql"
     live = True
 
     def __init__(self, spec: Spec, *, split_mb: float = 4, **_: Any) -> None:
-        import adbc_driver_postgresql.dbapi as pg  # the sql extra (pyproject.toml)
-
         if bool(spec.table) == bool(spec.query):
             raise DataError("format sql needs data.table or data.query (one of them); allowed: "
                             "--data.table NAME, or --data.query 'SELECT ...' with --data.key")
         if spec.query and not spec.key:
             raise DataError("data.query is read in parts by an integer key column; allowed: "
                             "data.key naming one of the query's columns")
-        url = connect_url(spec.path)
         self.url, self.spec, self.chunk_mb = spec.path, spec, split_mb
         self.lock = threading.Lock()
-        try:
-            self.connection = pg.connect(url, autocommit=True)
-        except Exception as err:  # the driver's errors have no common base beyond Exception
-            raise failure(self.url, err) from None
+        self.connection = connect(spec.path)
         self.cursor = self.connection.cursor()
         if spec.table:
             found = self.one("SELECT to_regclass($1)::text", (spec.table,))
@@ -254,11 +259,14 @@ class TableSource(Source):
             features = ", ".join(quoted(c) for c in self.feature_cols)
             label = f", {quoted(self.label_name)}" if self.label_name else ""
             order = quoted(self.spec.key) if self.spec.key else "ctid"
-            table = self.arrow(f"SELECT ARRAY[{features}]::float8[] AS hvdl_x{label} FROM "
-                               f"{self.source} WHERE {self.where(i)} ORDER BY {order}")
+            ident = f", {quoted(self.spec.key)}" if self.spec.key else ", ctid::text"
+            table = self.arrow(f"SELECT ARRAY[{features}]::float8[] AS hvdl_x{label}{ident} "
+                               f"AS hvdl_id FROM {self.source} WHERE {self.where(i)} "
+                               f"ORDER BY {order}")
             flat = table.column("hvdl_x").combine_chunks().flatten()
             x = flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
-            self.parsed[i] = (x, self.label_values(table, self.first_row[i]))
+            self.parsed[i] = (x, self.label_values(table, self.first_row[i]),
+                              table.column("hvdl_id").to_numpy(zero_copy_only=False))
             while len(self.parsed) > 4:
                 self.parsed.popitem(last=False)
         return self.parsed[i]
@@ -273,15 +281,25 @@ class TableSource(Source):
                             "is NULL; allowed: a label in every row")
         return labels.to_numpy(zero_copy_only=False)
 
-    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
-        xs, ys = [], []
+    def parts(self, piece: Piece) -> list[tuple[np.ndarray, Any, np.ndarray]]:
+        """(features, labels, row ids) of the piece's rows, split by split."""
+        found = []
         for i, (first, n) in enumerate(zip(self.first_row, self.counts)):
             lo, hi = max(piece.start, first), min(piece.stop, first + n)
             if lo < hi:
-                x, y = self.split_arrays(i)
-                xs.append(x[lo - first:hi - first])
-                ys.append(None if y is None else y[lo - first:hi - first])
-        return np.concatenate(xs), (np.concatenate(ys) if self.label_name else None)
+                found.append(tuple(None if a is None else a[lo - first:hi - first]
+                                   for a in self.split_arrays(i)))
+        return found
+
+    def read(self, piece: Piece) -> tuple[np.ndarray, np.ndarray | None]:
+        found = self.parts(piece)
+        return (np.concatenate([p[0] for p in found]),
+                np.concatenate([p[1] for p in found]) if self.label_name else None)
+
+    def row_ids(self, piece: Piece) -> tuple[str, np.ndarray]:
+        """The key's values (or the rows' ctids, as text in `source_ctid`: a table may not have a
+        column named ctid) of the piece: what joins results to the rows."""
+        return (self.spec.key or "source_ctid"), np.concatenate([p[2] for p in self.parts(piece)])
 
     def position(self, piece: Piece, row: int) -> str:
         return f"{self.files[0]} row {piece.start + row} (in {'key' if self.spec.key else 'ctid'}" \

@@ -301,8 +301,11 @@ def read_into(path: Path | S3Path, offset: int, view: memoryview) -> int:
 
 # --- writing -------------------------------------------------------------------------------
 
-def path_of(text: str | os.PathLike) -> Path | S3Path:
-    """A command line's path: an S3Path for s3://..., else a local Path."""
+def path_of(text: str | os.PathLike) -> Path | S3Path | str:
+    """A command line's path: an S3Path for s3://..., a database URL as it is, else a local
+    Path."""
+    if isinstance(text, str) and text.startswith(("postgresql://", "postgres://")):
+        return text
     return s3_path(text) if is_url(text) else Path(text)
 
 
