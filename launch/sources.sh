@@ -6,6 +6,7 @@
 #
 #   bash launch/sources.sh                       # MNIST's size (60,000 × 784), into results/sources
 #   ROWS="60000 340000" bash launch/sources.sh   # and about 1 GB of float32 features
+#   TRAIN=1 bash launch/sources.sh               # and an RBM epoch from each, held and streamed
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${PYTHON:-$PWD/.venv/bin/python}
@@ -48,5 +49,5 @@ EOF
 for n in $rows; do
     "$python" -m hvdl.bench.sources --rows "$n" --repeats "$repeats" --s3 s3://bench/data \
         --postgres "postgresql://bench@127.0.0.1:$pg_port/postgres" --folder "$work/files" \
-        --out "$out"
+        --out "$out" ${TRAIN:+--train}
 done

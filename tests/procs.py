@@ -4,6 +4,7 @@ python."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,13 @@ def job_env(**extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launch_command(np: int, args: list[str], launcher: str = "gloo") -> list[str]:

@@ -178,3 +178,17 @@ def test_plain_sparse_ae_computes_the_objective_hvdl_does():
     loss.backward()
     share.backward()
     assert torch.allclose(net.encoder.weight.grad, model.encoder.weight.grad, atol=1e-7)
+
+
+def test_the_sources_benchmark_writes_its_table_for_local_parquet(tmp_path):
+    """Test that `python -m hvdl.bench.sources` with local Parquet alone (no servers) reads
+    rank 0's share for 1 and 2 ranks and writes its JSON and Markdown table."""
+    from hvdl.bench import sources
+
+    assert sources.main(["--rows", "600", "--features", "12", "--repeats", "1", "--folder",
+                         str(tmp_path / "files"), "--out", str(tmp_path / "out")]) == 0
+    found = json.loads((tmp_path / "out" / "rows600.json").read_text())
+    by_ranks = {r["ranks"]: r for r in found["results"] if r["source"] == "parquet"}
+    assert by_ranks[1]["rows"] == 600 and by_ranks[2]["rows"] == 300
+    assert all(r["mb_per_s"] > 0 and r["first_s"] <= r["total_s"] for r in by_ranks.values())
+    assert "| parquet | 2 | 300 |" in (tmp_path / "out" / "rows600.md").read_text()

@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,17 +29,11 @@ from cluster import cannot_start
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import open_source
 from hvdl.data.formats.base import DataError, Spec
-from procs import ROOT, check_job, run_job
+from procs import ROOT, check_job, free_port, run_job
 
 pytestmark = pytest.mark.slow
 
 PASSWORD = "hvdl-test-pg-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:

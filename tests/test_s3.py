@@ -28,17 +28,11 @@ from cluster import cannot_start
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import open_source, store
 from hvdl.data.formats.base import Spec
-from procs import ROOT, check_job, job_env, run_job
+from procs import ROOT, check_job, free_port, job_env, run_job
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "lab"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

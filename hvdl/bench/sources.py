@@ -128,6 +128,26 @@ def read_with_copy(spec: Spec, ranks: int, chunk_mb: float) -> dict[str, float]:
             "rows": chunks.total(mine), "mb": nbytes / 2**20}
 
 
+def train_epoch(spec: Spec, memory: str, results: Path) -> dict[str, float]:
+    """One RBM epoch (784-500, CD-1, one process) on the source, its shard held on the device
+    or streamed: samples/s of the epoch and seconds from start to the first step."""
+    import shutil
+    import subprocess
+    import sys
+
+    options = ["--data.path", spec.path, "--data.label", spec.label]
+    if spec.format == "sql":
+        options += ["--data.format", "sql", "--data.table", spec.table]
+    shutil.rmtree(results, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "hvdl.train", "--model", "rbm_mnist", "--layers",
+                    "0,500", "--rbm.pretrain_epochs", "1", "--data.memory", memory,
+                    "--data.scale", "unit", "--results_dir", str(results), *options],
+                   check=True, capture_output=True)
+    metrics = json.loads(next(results.iterdir()).joinpath("metrics.json").read_text())
+    return {"samples_per_s": metrics["pretrain1"][-1]["samples_per_s"],
+            "first_step_s": metrics["first_step_s"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hvdl.bench.sources",
                                      description=__doc__.splitlines()[0])
@@ -141,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=Path("/tmp/hvdl-bench-sources"))
     parser.add_argument("--out", type=Path, default=Path("results/sources"))
     parser.add_argument("--name", default="", help="the result files' name (default: by rows)")
+    parser.add_argument("--train", action="store_true", help="also an RBM epoch from each "
+                        "source, held and streamed")
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
     table = make_table(args.rows, args.features)
@@ -162,18 +184,43 @@ def main(argv: list[str] | None = None) -> int:
                         "mb": found[0]["mb"], "first_s": statistics.median(
                             r["first_s"] for r in found), "total_s": total,
                         "mb_per_s": found[0]["mb"] / total, "runs": found})
+    epochs = []
+    if args.train:
+        found: dict[str, list[dict]] = {f"{n}@{m}": [] for n in specs
+                                        for m in ("device", "stream")}
+        for _ in range(args.repeats):
+            for source, spec in specs.items():
+                for memory in ("device", "stream"):
+                    found[f"{source}@{memory}"].append(
+                        train_epoch(spec, memory, args.folder / "runs"))
+        for key, runs_of in found.items():
+            source, memory = key.split("@")
+            epochs.append({"source": source, "memory": memory, "runs": runs_of,
+                           "samples_per_s": statistics.median(r["samples_per_s"]
+                                                              for r in runs_of),
+                           "first_step_s": statistics.median(r["first_step_s"]
+                                                             for r in runs_of)})
     name = args.name or f"rows{args.rows}"
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or ''})",
             "rows": args.rows, "features": args.features, "chunk_mb": args.chunk_mb,
             "repeats": args.repeats}
-    (args.out / f"{name}.json").write_text(json.dumps({**meta, "results": summary}, indent=2))
+    (args.out / f"{name}.json").write_text(json.dumps({**meta, "results": summary,
+                                                       "epochs": epochs}, indent=2))
     lines = ["| source | ranks | rank 0's rows | MB (float32) | time to first rows, s | "
              "all its rows, s | MB/s |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in summary:
         lines.append(f"| {r['source']} | {r['ranks']} | {r['rows']:,} | {r['mb']:.1f} | "
                      f"{r['first_s']:.3f} | {r['total_s']:.3f} | {r['mb_per_s']:.1f} |")
+    if epochs:
+        held = {e["source"]: e["samples_per_s"] for e in epochs if e["memory"] == "device"}
+        lines += ["", "| source | memory | RBM epoch samples/s | streamed / held | first step, s |",
+                  "|---|---|---:|---:|---:|"]
+        for e in epochs:
+            lines.append(f"| {e['source']} | {e['memory']} | {e['samples_per_s']:,.0f} | "
+                         f"{e['samples_per_s'] / held[e['source']]:.3f} | "
+                         f"{e['first_step_s']:.2f} |")
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -179,6 +179,16 @@ def pick_columns(names: list[str], spec: Spec, where: Path) -> tuple[list[str], 
     return features, spec.label or None
 
 
+def label_column(labels: Any, name: str, where: Callable[[int], str]) -> np.ndarray:
+    """An Arrow label column as an array; DataError naming the first row without a label
+    (`where(k)`: row k of the column in the user's words)."""
+    if labels.null_count:
+        row = int(labels.is_null().to_numpy(zero_copy_only=False).argmax())
+        raise DataError(f"{where(row)}: the label {name!r} is empty; allowed: a label in every "
+                        "row")
+    return labels.to_numpy(zero_copy_only=False)
+
+
 # --- files ----------------------------------------------------------------------------------
 
 def expand(path: str, *, key: str = "data.path") -> list[Path]:

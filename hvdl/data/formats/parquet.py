@@ -19,7 +19,14 @@ import numpy as np
 
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import store
-from hvdl.data.formats.base import DataError, Source, Spec, check_readable, pick_columns
+from hvdl.data.formats.base import (
+    DataError,
+    Source,
+    Spec,
+    check_readable,
+    label_column,
+    pick_columns,
+)
 from hvdl.data.formats.store import S3Path
 
 SHAPE_KEY = b"hvdl.shape"  # schema metadata: one example's shape, as a JSON list
@@ -98,12 +105,8 @@ class ParquetSource(Source):
     def label_values(self, table: Any, file: int, first: int) -> np.ndarray | None:
         if not self.label_name:
             return None
-        labels = table.column(self.label_name)
-        if labels.null_count:
-            row = int(labels.is_null().to_numpy(zero_copy_only=False).argmax())
-            raise DataError(f"{self.name(file)} row {first + row}: the label "
-                            f"{self.label_name!r} is empty; allowed: a label in every row")
-        return labels.to_numpy(zero_copy_only=False)
+        return label_column(table.column(self.label_name), self.label_name,
+                            lambda row: f"{self.name(file)} row {first + row}")
 
     def slices(self, piece: Piece, features: bool) -> tuple[Any, Any]:
         """The piece's (features, labels), sliced from the row groups that hold them."""

@@ -23,8 +23,8 @@ streamed shard reads in every epoch). Under elastic training, where no collectiv
 data are opened, each rank takes its own snapshot.
 
 Reading is through the ADBC PostgreSQL driver, which returns Arrow batches (the server sends
-binary COPY); `hvdl bench sources` measures it against psycopg's binary COPY
-(results/sources/).
+binary COPY); `python -m hvdl.bench.sources` measures it against psycopg's binary COPY
+(results/sources/). A split's features come as one float8[] column, converted once.
 
 Greenplum: a query through the coordinator funnels every row through it; `ctid` ranges are per
 segment there, so against Greenplum use `data.key` (a distribution-aware key lets each segment
@@ -44,7 +44,7 @@ import numpy as np
 
 from hvdl.data import chunks
 from hvdl.data.chunks import Piece
-from hvdl.data.formats.base import DataError, Source, Spec, pick_columns
+from hvdl.data.formats.base import DataError, Source, Spec, label_column, pick_columns
 
 SCHEMES = ("postgresql://", "postgres://")
 PAGE_BYTES = 8192  # PostgreSQL's default block size (read from the server when it differs)
@@ -274,12 +274,8 @@ class TableSource(Source):
     def label_values(self, table: Any, first: int) -> np.ndarray | None:
         if not self.label_name:
             return None
-        labels = table.column(self.label_name)
-        if labels.null_count:
-            row = int(labels.is_null().to_numpy(zero_copy_only=False).argmax())
-            raise DataError(f"{self.files[0]} row {first + row}: the label {self.label_name!r} "
-                            "is NULL; allowed: a label in every row")
-        return labels.to_numpy(zero_copy_only=False)
+        return label_column(table.column(self.label_name), self.label_name,
+                            lambda row: f"{self.files[0]} row {first + row}")
 
     def parts(self, piece: Piece) -> list[tuple[np.ndarray, Any, np.ndarray]]:
         """(features, labels, row ids) of the piece's rows, split by split."""
