@@ -104,7 +104,10 @@ def train(config: Config, is_root: bool) -> int:
         run_training(config, ctx)
     except BadInput as err:
         raise fail(str(err), ctx.is_root) from None
-    except NonFiniteLoss as err:  # every rank raises it at the same step
+    except NonFiniteLoss as err:  # every rank raises it at the same step, so every rank can
+        # take the engine down (left up, torch's process group could be torn down mid-call by
+        # the interpreter's exit, which aborts the process instead of exiting with status 1)
+        dist.shutdown()
         raise fail(str(err), ctx.is_root, status=1) from None
     except Stopped:  # every rank stops after the same step; rank 0 has saved and said so
         pass

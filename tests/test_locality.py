@@ -34,6 +34,7 @@ def worker(spec_path: str, out_dir: str) -> int:
     import numpy  # noqa: F401  (everything a load imports lazily is imported first: a module's
     import numpy.random  # noqa: F401  file read during a load would count as data read)
     import psutil  # noqa: F401
+    import pyarrow
     import pyarrow.compute  # noqa: F401
     import pyarrow.csv  # noqa: F401
     import pyarrow.parquet  # noqa: F401
@@ -47,6 +48,8 @@ def worker(spec_path: str, out_dir: str) -> int:
 
     Image.init()
     host.rss_mb()
+    # pyarrow imports pandas, where it is installed, at its first conversion to NumPy
+    pyarrow.array([0.0]).to_numpy(zero_copy_only=False)
     counted = {}
 
     def count_records(source, sharing):  # the CSV's first pass, measured apart
