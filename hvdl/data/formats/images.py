@@ -41,6 +41,12 @@ def data_root(path: str) -> Path:
     return root if root.is_dir() else root.parent
 
 
+def fetched(path: S3Path) -> io.BytesIO:
+    """An image object's bytes, in one GET (Pillow seeks about in a file)."""
+    with store.open_file(path) as f:
+        return io.BytesIO(f.read())
+
+
 class ImageSource(Source):
     format = "images"
     dtype = np.dtype(np.uint8)
@@ -73,8 +79,7 @@ class ImageSource(Source):
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(io.BytesIO(store.open_file(path).read())
-                            if isinstance(path, S3Path) else path) as image:
+            with Image.open(fetched(path) if isinstance(path, S3Path) else path) as image:
                 if mode is None:
                     mode = "L" if image.mode in GRAY_MODES else "RGB"
                 return np.asarray(image.convert(mode))
