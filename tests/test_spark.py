@@ -1,14 +1,16 @@
 """hvdl inside Spark, against a real multi-process Spark: pyspark from PyPI with Java from
-Debian, as local-cluster[2,1,1024] (a master and two worker JVMs, one core each), started for
-this module and stopped after it.
+Debian, as local-cluster[2,2,1024] (a master and two worker JVMs, two task slots each), started
+for this module and stopped after it.
 
 `hvdl.spark.fit` trains with two ranks running as a barrier stage and ends with the weights of
-the same two-rank run on the Parquet store it wrote; `transform` adds predictions and codes
+the same two-rank run on the Parquet store it wrote, and deals 1, 3 and 4 ranks the shards a
+run on the store is dealt; `transform` adds predictions and codes
 computed on the executors; a rank's bad input fails the job with hvdl's one-line message.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -41,7 +43,7 @@ def spark():
         cannot_start("Spark", "no java on PATH (apt-get install openjdk-17-jre-headless)")
     os.environ["PYSPARK_PYTHON"] = sys.executable  # the executors run this environment's hvdl
     try:
-        session = (SparkSession.builder.master("local-cluster[2,1,1024]")
+        session = (SparkSession.builder.master("local-cluster[2,2,1024]")
                    .appName("hvdl-tests").config("spark.ui.enabled", "false")
                    .config("spark.driver.host", "127.0.0.1")
                    .config("spark.driver.bindAddress", "127.0.0.1")
@@ -63,42 +65,84 @@ def frame(spark):
     return spark.createDataFrame(rows, [*names, "kind"]).repartition(3), x, y
 
 
-def test_fit_trains_two_ranks_inside_spark_to_the_weights_of_the_same_rows_on_disk(
-        tmp_path, frame):
-    """Test that fit writes the frame once, trains with 2 ranks as a barrier stage, and returns
-    the model: the weights, bit for bit, of the same 2-rank torch-engine run on its store."""
+TRAINED = {"layers": [0, 5, 0], "batch_size": 8, "data": {"scale": "unit"},
+           "rbm": {"pretrain_epochs": 1, "finetune_epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def trained(frame, tmp_path_factory):
+    """One 2-rank fit of dbn_small on the frame, for the tests that read its model."""
     from hvdl import spark as hs
 
     df, _, _ = frame
-    common = {"layers": [0, 5, 0], "batch_size": 8, "data": {"scale": "unit"},
-              "rbm": {"pretrain_epochs": 1, "finetune_epochs": 1}}
-    result = hs.fit(df, model="dbn_small", label="kind", num_workers=2, store=tmp_path / "store",
-                    **common)
+    store = tmp_path_factory.mktemp("spark") / "store"
+    return store, hs.fit(df, model="dbn_small", label="kind", num_workers=2, store=store,
+                         **TRAINED)
+
+
+def test_fit_trains_two_ranks_inside_spark_to_the_weights_of_the_same_rows_on_disk(
+        tmp_path, trained):
+    """Test that fit writes the frame once, trains with 2 ranks as a barrier stage, and returns
+    the model: the weights, bit for bit, of the same 2-rank torch-engine run on its store."""
+    root, result = trained
     assert result.run_dir.is_dir() and result.trained is not None
-    assert "finetune" in result.metrics or result.metrics, result.metrics
+    assert [e["epoch"] for e in result.metrics["pretrain"]] == [1], result.metrics
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["finetune"]] == [1, 2], metrics
     store = result.trained.config.data.path
-    assert store.startswith(str(tmp_path / "store"))
+    assert store.startswith(str(root))
     check_job(2, ["-m", "hvdl.train", "--model", "dbn_small", "--data.path", store,
                   "--data.label", "kind", "--data.scale", "unit", "--layers", "0,5,0",
                   "--batch_size", "8", "--rbm.pretrain_epochs", "1", "--rbm.finetune_epochs",
-                  "1", "--dist.backend", "torch", "--results_dir", str(tmp_path / "disk")],
+                  "2", "--dist.backend", "torch", "--results_dir", str(tmp_path / "disk")],
               launcher="torchrun")
     disk = next((tmp_path / "disk").iterdir())
     mine = torch.load(disk / "stages" / "finetune.pt", weights_only=True)["model"]
     theirs = torch.load(result.run_dir / "stages" / "finetune.pt", weights_only=True)["model"]
+    assert mine.keys() == theirs.keys()
     for key in mine:
         assert torch.equal(mine[key], theirs[key]), key
 
 
-def test_transform_adds_the_models_predictions_and_codes_on_the_executors(tmp_path, frame):
+@pytest.mark.parametrize("workers", [1, 3, 4])
+def test_fit_deals_the_store_to_each_number_of_ranks_as_a_run_on_disk_does(tmp_path, frame,
+                                                                           workers):
+    """Test that fit with 1, 3 and 4 ranks gives the ranks disjoint shards that cover the rows,
+    with the steps of that many ranks: the shards a run of as many ranks on the store is dealt."""
+    import pyarrow.parquet as pq
+
+    from hvdl import spark as hs
+    from hvdl.data import chunks
+
+    df, _, _ = frame
+    result = hs.fit(df, model="rbm_mnist", label="kind", num_workers=workers,
+                    store=tmp_path / "store", layers=[0, 4], batch_size=10,
+                    data={"scale": "unit", "chunk_mb": 6 * 8 * 4 / 2**20},
+                    rbm={"pretrain_epochs": 1})
+    record = json.loads((result.run_dir / "data.json").read_text())
+    assert record["rows"]["train"] == ROWS and record["format"] == "parquet"
+    shards = record["shards"]
+    assert [s["rank"] for s in shards] == list(range(workers))
+    rows = [(f, i) for s in shards for f, a, b in s["pieces"] for i in range(a, b)]
+    assert len(set(rows)) == len(rows) == ROWS  # disjoint (file, row) pairs, every row dealt
+    sizes = [s["rows"] for s in shards]
+    assert max(sizes) - min(sizes) <= record["chunk_rows"], sizes
+    epoch = json.loads((result.run_dir / "metrics.json").read_text())["pretrain1"][-1]
+    assert epoch["step"] == (ROWS // workers) // 10 > 0, epoch
+    file_rows = [pq.ParquetFile(f).metadata.num_rows for f in record["files"]]
+    order = chunks.permute(chunks.cut(file_rows, record["chunk_rows"]), 42)
+    assert [s["pieces"] for s in shards] == [
+        [[p.file, p.start, p.stop] for p in chunks.deal(order, r, workers)]
+        for r in range(workers)]
+
+
+def test_transform_adds_the_models_predictions_and_codes_on_the_executors(frame, trained):
     """Test that transform's prediction column is the model's class for each row, and its code
     column the first hidden layer's activations, computed as in this process."""
     from hvdl import spark as hs
 
     df, x, y = frame
-    result = hs.fit(df, model="dbn_small", label="kind", num_workers=2, store=tmp_path / "store",
-                    layers=[0, 5, 0], batch_size=8, data={"scale": "unit"},
-                    rbm={"pretrain_epochs": 1, "finetune_epochs": 2})
+    _, result = trained
     trained = result.trained
     scored = hs.transform(df, result.checkpoint).collect()
     coded = hs.transform(df, result.checkpoint, layer=1).collect()
