@@ -192,3 +192,19 @@ def test_the_sources_benchmark_writes_its_table_for_local_parquet(tmp_path):
     assert by_ranks[1]["rows"] == 600 and by_ranks[2]["rows"] == 300
     assert all(r["mb_per_s"] > 0 and r["first_s"] <= r["total_s"] for r in by_ranks.values())
     assert "| parquet | 2 | 300 |" in (tmp_path / "out" / "rows600.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_sources_benchmark_times_the_first_step_of_two_ranks(tmp_path):
+    """Test that `--first-step` launches 2 ranks of a run on the source and records rank 0's
+    time to its first step, from the launch (the larger) and from its own start."""
+    from hvdl.bench import sources
+
+    assert sources.main(["--rows", "600", "--features", "12", "--repeats", "1", "--ranks", "2",
+                         "--first-step", "--folder", str(tmp_path / "files"), "--out",
+                         str(tmp_path / "out")]) == 0
+    (start,) = json.loads((tmp_path / "out" / "rows600.json").read_text())["first_steps"]
+    assert start["source"] == "parquet" and start["ranks"] == 2
+    assert 0 < start["rank_s"] < start["launch_s"] < 120, start
+    assert "| parquet | 2 | " in (tmp_path / "out" / "rows600.md").read_text().split(
+        "launch to first step")[1]

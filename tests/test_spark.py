@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,17 @@ def test_the_store_holds_a_vector_column_as_one_column_per_element(tmp_path, spa
     assert table.column_names == ["v_0", "v_1", "v_2", "kind"]
     assert sorted(zip(*[table.column(c).to_pylist() for c in table.column_names])) == [
         (0.0, 5.0, 0.0, "b"), (1.0, 2.0, 3.0, "a")]
+
+
+def test_the_sources_benchmark_times_spark_writing_the_store_and_fit(tmp_path, spark):
+    """Test that the sources benchmark's Spark phase writes the DataFrame as the store and
+    times hvdl.spark.fit from its call to rank 0's first step (5 steps of one rank)."""
+    from hvdl.bench import sources
+
+    table = sources.make_table(200, 6)
+    specs = sources.write_sources(table, tmp_path, "", "")
+    (fit,) = sources.spark_fits(spark, Path(specs["parquet"].path), specs["parquet"].features,
+                                [1], 1, tmp_path)
+    assert fit["ranks"] == 1 and fit["mb"] == 200 * 6 * 4 / 2**20 and fit["files_mb"] > 0
+    assert 0 < fit["write_s"] and 0 < fit["rank_s"] < fit["launch_s"] < 120, fit
+    assert not list(tmp_path.glob("spark-*"))  # each fit's store removed after it

@@ -10,8 +10,11 @@ sources (the machine is shared: medians of `--repeats`), the rows of rank 0 of N
 read through hvdl's reader for that source exactly as training deals them (chunks of
 `--chunk-mb`, the chunk rule's permuted order), timing the open (connecting, the snapshot,
 counting) to the first piece, and the whole. `copy` is the same splits read by psycopg's binary
-COPY, parsed by NumPy, against which ADBC (the reader hvdl uses) is kept or replaced. Writes
-JSON and a Markdown table to `--out`.
+COPY, parsed by NumPy, against which ADBC (the reader hvdl uses) is kept or replaced.
+`--train` adds an RBM epoch from each source, held and streamed; `--first-step` the time from
+launching N ranks on each source to their first step; `--spark` the same table as a Spark
+DataFrame, written as hvdl's store and trained on by `hvdl.spark.fit`. Writes JSON and a
+Markdown table to `--out`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import argparse
 import io
 import json
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,24 +134,90 @@ def read_with_copy(spec: Spec, ranks: int, chunk_mb: float) -> dict[str, float]:
             "rows": chunks.total(mine), "mb": nbytes / 2**20}
 
 
-def train_epoch(spec: Spec, memory: str, results: Path) -> dict[str, float]:
-    """One RBM epoch (784-500, CD-1, one process) on the source, its shard held on the device
-    or streamed: samples/s of the epoch and seconds from start to the first step."""
-    import shutil
-    import subprocess
-    import sys
-
+def train_options(spec: Spec, results: Path, *extra: str) -> list[str]:
+    """`hvdl.train`'s options for an RBM (784-500, CD-1) on the source, one epoch."""
     options = ["--data.path", spec.path, "--data.label", spec.label]
     if spec.format == "sql":
         options += ["--data.format", "sql", "--data.table", spec.table]
+    return ["-m", "hvdl.train", "--model", "rbm_mnist", "--layers", "0,500",
+            "--rbm.pretrain_epochs", "1", "--data.scale", "unit", "--results_dir", str(results),
+            *options, *extra]
+
+
+def run_metrics(results: Path) -> dict[str, Any]:
+    return json.loads(next(results.iterdir()).joinpath("metrics.json").read_text())
+
+
+def train_epoch(spec: Spec, memory: str, results: Path) -> dict[str, float]:
+    """One RBM epoch (one process) on the source, its shard held on the device or streamed:
+    samples/s of the epoch and seconds from start to the first step."""
     shutil.rmtree(results, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "hvdl.train", "--model", "rbm_mnist", "--layers",
-                    "0,500", "--rbm.pretrain_epochs", "1", "--data.memory", memory,
-                    "--data.scale", "unit", "--results_dir", str(results), *options],
+    subprocess.run([sys.executable, *train_options(spec, results, "--data.memory", memory)],
                    check=True, capture_output=True)
-    metrics = json.loads(next(results.iterdir()).joinpath("metrics.json").read_text())
+    metrics = run_metrics(results)
     return {"samples_per_s": metrics["pretrain1"][-1]["samples_per_s"],
             "first_step_s": metrics["first_step_s"]}
+
+
+def first_step(spec: Spec, ranks: int, results: Path) -> dict[str, float]:
+    """N ranks (the torch engine; torchrun for 2 or more) of an RBM run on the source, stopped
+    after 5 steps: seconds from the launch to rank 0's first step, and from rank 0's own start
+    (its imports, connecting, the snapshot, reading its shard, the model)."""
+    shutil.rmtree(results, ignore_errors=True)
+    launcher = [sys.executable] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+        str(ranks)]
+    started = time.time()
+    subprocess.run([*launcher, *train_options(spec, results, "--max_steps", "5",
+                                              "--dist.backend", "torch")],
+                   check=True, capture_output=True)
+    metrics = run_metrics(results)
+    return {"launch_s": metrics["first_step_at"] - started, "rank_s": metrics["first_step_s"]}
+
+
+def spark_session(workers: int) -> Any:
+    """A local-cluster Spark of `workers` worker JVMs, a task slot each, on 127.0.0.1."""
+    import os
+
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the executors run this environment's hvdl
+    return (SparkSession.builder.master(f"local-cluster[{workers},1,2048]")
+            .appName("hvdl-bench-sources").config("spark.ui.enabled", "false")
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1").getOrCreate())
+
+
+def spark_fits(session: Any, parquet: Path, features: tuple[str, ...], ranks: list[int],
+               repeats: int, folder: Path) -> list[dict[str, Any]]:
+    """The table as a Spark DataFrame (read from the local Parquet file): seconds to write it
+    as hvdl's Parquet store (`hvdl.spark.write_store`), and from calling `hvdl.spark.fit` with
+    N ranks (writing the store, the barrier stage, the ranks' start and reads) to rank 0's
+    first step."""
+    from hvdl import spark as hs
+
+    df = session.read.parquet(str(parquet))
+    mb = df.count() * len(features) * 4 / 2**20  # as float32; the executors started
+    found: dict[int, list[dict[str, float]]] = {n: [] for n in ranks}
+    for round_ in range(repeats):
+        for n in ranks:
+            stores = folder / f"spark-{round_}-{n}"
+            started = time.time()
+            written = hs.write_store(df, "label", list(features), stores / "alone")
+            write_s = time.time() - started
+            files = sum(f.stat().st_size for f in written.rglob("*.parquet")) / 2**20
+            started = time.time()
+            result = hs.fit(df, model="rbm_mnist", label="label", features=list(features),
+                            num_workers=n, store=stores, layers=[0, 500], max_steps=5,
+                            data={"scale": "unit"}, rbm={"pretrain_epochs": 1})
+            metrics = json.loads((result.run_dir / "metrics.json").read_text())
+            found[n].append({"write_s": write_s, "mb": mb, "files_mb": files,
+                             "launch_s": metrics["first_step_at"] - started,
+                             "rank_s": metrics["first_step_s"]})
+            shutil.rmtree(stores, ignore_errors=True)
+    keys = ("write_s", "mb", "files_mb", "launch_s", "rank_s")
+    return [{"ranks": n, "runs": runs, **{k: statistics.median(r[k] for r in runs) for k in keys}}
+            for n, runs in found.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="", help="the result files' name (default: by rows)")
     parser.add_argument("--train", action="store_true", help="also an RBM epoch from each "
                         "source, held and streamed")
+    parser.add_argument("--first-step", action="store_true", help="also the time from "
+                        "launching --ranks ranks on each source to their first step")
+    parser.add_argument("--spark", action="store_true", help="also the table as a Spark "
+                        "DataFrame: writing hvdl's store, and hvdl.spark.fit to its first step")
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
     table = make_table(args.rows, args.features)
@@ -200,14 +276,35 @@ def main(argv: list[str] | None = None) -> int:
                                                               for r in runs_of),
                            "first_step_s": statistics.median(r["first_step_s"]
                                                              for r in runs_of)})
+    starts = []
+    if args.first_step:
+        found = {f"{n}@{r}": [] for n in specs for r in args.ranks}
+        for _ in range(args.repeats):
+            for source, spec in specs.items():
+                for r in args.ranks:
+                    found[f"{source}@{r}"].append(first_step(spec, r, args.folder / "runs"))
+        for key, runs_of in found.items():
+            source, r = key.split("@")
+            starts.append({"source": source, "ranks": int(r), "runs": runs_of,
+                           **{k: statistics.median(x[k] for x in runs_of)
+                              for k in ("launch_s", "rank_s")}})
+    fits = []
+    if args.spark:
+        session = spark_session(max(args.ranks))
+        try:
+            fits = spark_fits(session, Path(specs["parquet"].path), specs["parquet"].features,
+                              args.ranks, args.repeats, args.folder)
+        finally:
+            session.stop()
     name = args.name or f"rows{args.rows}"
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or ''})",
             "rows": args.rows, "features": args.features, "chunk_mb": args.chunk_mb,
             "repeats": args.repeats}
-    (args.out / f"{name}.json").write_text(json.dumps({**meta, "results": summary,
-                                                       "epochs": epochs}, indent=2))
+    (args.out / f"{name}.json").write_text(json.dumps(
+        {**meta, "results": summary, "epochs": epochs, "first_steps": starts, "spark": fits},
+        indent=2))
     lines = ["| source | ranks | rank 0's rows | MB (float32) | time to first rows, s | "
              "all its rows, s | MB/s |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in summary:
@@ -221,6 +318,18 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {e['source']} | {e['memory']} | {e['samples_per_s']:,.0f} | "
                          f"{e['samples_per_s'] / held[e['source']]:.3f} | "
                          f"{e['first_step_s']:.2f} |")
+    if starts:
+        lines += ["", "| source | ranks | launch to first step, s | rank 0's start to it, s |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {e['source']} | {e['ranks']} | {e['launch_s']:.2f} | {e['rank_s']:.2f} |"
+                  for e in starts]
+    if fits:
+        lines += ["", "| Spark DataFrame | ranks | MB (float32) | store written, s | MB/s | "
+                  "files, MB | fit to first step, s | rank 0's start to it, s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| spark | {f['ranks']} | {f['mb']:.1f} | {f['write_s']:.2f} | "
+                  f"{f['mb'] / f['write_s']:.1f} | {f['files_mb']:.1f} | {f['launch_s']:.2f} | "
+                  f"{f['rank_s']:.2f} |" for f in fits]
     (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -94,7 +94,7 @@ def train_epoch(stage: Stage, optimizer: torch.optim.Optimizer, shard: Shard,
             window += cost
             step, batch, in_window, seen = step + 1, batch + 1, in_window + 1, seen + len(x)
             if step == 1:  # how long a run takes to start training: imports, data, model
-                run.record(first_step_s=seconds_since_start())
+                run.record(first_step_s=seconds_since_start(), first_step_at=time.time())
             if batch % config.log_every == 0 or batch == shard.steps:
                 mean = ranks_mean(float(window) / in_window, stage.name, step)
                 elapsed = time.perf_counter() - started
