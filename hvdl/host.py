@@ -161,15 +161,19 @@ def peak_rss_mb() -> float:
 
 
 def seconds_since_start() -> float:
-    """Seconds since this process started (its start-up, imports and data included)."""
+    """Seconds since this process started (its start-up, imports and data included). On Linux
+    from field 22 of /proc/self/stat (clock ticks since boot) against the boot-time clock: to a
+    tick; psutil's start time adds whole seconds of boot time, up to a second off."""
     import time
 
     try:
-        import psutil
-    except ImportError:  # Linux without psutil: field 22 of /proc/self/stat, in clock ticks
-        ticks = int(open("/proc/self/stat").read().rpartition(")")[2].split()[19])
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])
         return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    return time.time() - psutil.Process().create_time()
+    except (OSError, AttributeError):  # not Linux
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
 
 
 def rss_mb() -> float:

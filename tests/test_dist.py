@@ -2,13 +2,16 @@
 under a plain `mpirun` (a real job)."""
 
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
 from hvdl.host import cpu_threads, launcher_size
 from hvdl.loop.schedule import scaled_lr
-from procs import check_job
+from procs import ROOT, check_job
 
 
 def test_launcher_size_reads_open_mpi_and_slurm_steps():
@@ -65,3 +68,16 @@ def test_horovod_engine_under_plain_mpirun_trains_as_one_process(tmp_path):
     assert max(float((weights[1][k] - initial[k]).abs().max()) for k in initial) > 1e-3
     for name, w1 in weights[1].items():
         torch.testing.assert_close(weights[2][name], w1, rtol=0, atol=1e-6, msg=name)
+
+
+def test_seconds_since_start_counts_from_the_process_start_to_a_tick():
+    """Test that a process's seconds since its start (a run's first_step_s) lie between the
+    time it slept and the time its parent waited for it: within a clock tick, not psutil's
+    up-to-a-second of whole boot seconds."""
+    code = ("import time; time.sleep(0.5); from hvdl.host import seconds_since_start; "
+            "print(seconds_since_start())")
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    waited = time.monotonic() - started
+    assert 0.5 <= float(out) <= waited + 0.01, (float(out), waited)
