@@ -197,13 +197,19 @@ def test_the_sources_benchmark_writes_its_table_for_local_parquet(tmp_path):
 @pytest.mark.slow
 def test_the_sources_benchmark_times_the_first_step_of_two_ranks(tmp_path):
     """Test that `--first-step` launches 2 ranks of a run on the source and records rank 0's
-    time to its first step, from the launch (the larger) and from its own start."""
+    time to its first step, from the launch (the larger) and from its own start; and that
+    `--together` reads with both ranks at once, each its own half."""
     from hvdl.bench import sources
 
     assert sources.main(["--rows", "600", "--features", "12", "--repeats", "1", "--ranks", "2",
-                         "--first-step", "--folder", str(tmp_path / "files"), "--out",
-                         str(tmp_path / "out")]) == 0
-    (start,) = json.loads((tmp_path / "out" / "rows600.json").read_text())["first_steps"]
+                         "--first-step", "--together", "--folder", str(tmp_path / "files"),
+                         "--out", str(tmp_path / "out")]) == 0
+    found = json.loads((tmp_path / "out" / "rows600.json").read_text())
+    (both,) = found["together"]
+    (alone,) = [r for r in found["results"] if r["ranks"] == 2]
+    assert both["source"] == "parquet" and len(both["runs"][0]["ranks_mb_per_s"]) == 2
+    assert both["mb_per_s"] * both["total_s"] == pytest.approx(2 * alone["mb"])
+    (start,) = found["first_steps"]
     assert start["source"] == "parquet" and start["ranks"] == 2
     assert 0 < start["rank_s"] < start["launch_s"] < 120, start
     assert "| parquet | 2 | " in (tmp_path / "out" / "rows600.md").read_text().split(

@@ -71,22 +71,26 @@ def write_sources(table: Any, folder: Path, s3: str, postgres: str) -> dict[str,
     return specs
 
 
-def rank_pieces(source: Source, ranks: int, chunk_mb: float, seed: int = 42) -> list:
-    """Rank 0's pieces of N, as training deals them."""
+def rank_pieces(source: Source, ranks: int, chunk_mb: float, seed: int = 42,
+                rank: int = 0) -> list:
+    """A rank's pieces of N, as training deals them."""
     order = chunks.permute(chunks.cut(source.file_rows,
                                       chunks.chunk_rows(source.features, chunk_mb, source.rows)),
                            seed)
-    return chunks.deal(order, 0, ranks)
+    return chunks.deal(order, rank, ranks)
 
 
-def read_with_hvdl(spec: Spec, ranks: int, chunk_mb: float) -> dict[str, float]:
-    """Open the source as a rank does, read rank 0's pieces: seconds to the first, in all."""
+def read_with_hvdl(spec: Spec, ranks: int, chunk_mb: float, rank: int = 0,
+                   at: float = 0.0) -> dict[str, float]:
+    """Open the source as a rank does, read the rank's pieces: seconds to the first, in all
+    (from the wall-clock time `at`, waited for, where given)."""
+    time.sleep(max(0.0, at - time.time()))
     started = time.perf_counter()
     source = open_source(spec, split_mb=chunk_mb)
     source.import_state(source.export_state())
     if source.splits:
         source.set_counts([source.count(i) for i in range(len(source.splits))])
-    mine = rank_pieces(source, ranks, chunk_mb)
+    mine = rank_pieces(source, ranks, chunk_mb, rank=rank)
     first = None
     nbytes = 0
     for piece in chunks.in_file_order(mine):
@@ -96,6 +100,21 @@ def read_with_hvdl(spec: Spec, ranks: int, chunk_mb: float) -> dict[str, float]:
     total = time.perf_counter() - started
     source.close()
     return {"first_s": first, "total_s": total, "rows": chunks.total(mine), "mb": nbytes / 2**20}
+
+
+def read_together(spec: Spec, ranks: int, chunk_mb: float) -> dict[str, Any]:
+    """All N ranks reading their pieces at once, each a process started from the same moment:
+    each rank's MB/s, and all of them together over the slowest rank's time."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(ranks, mp_context=multiprocessing.get_context("spawn")) as pool:
+        at = time.time() + 5  # the processes started and their imports done
+        found = list(pool.map(read_with_hvdl, [spec] * ranks, [ranks] * ranks,
+                              [chunk_mb] * ranks, range(ranks), [at] * ranks))
+    wall = max(r["total_s"] for r in found)
+    return {"ranks_mb_per_s": [r["mb"] / r["total_s"] for r in found], "total_s": wall,
+            "mb_per_s": sum(r["mb"] for r in found) / wall}
 
 
 def read_with_copy(spec: Spec, ranks: int, chunk_mb: float) -> dict[str, float]:
@@ -235,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="", help="the result files' name (default: by rows)")
     parser.add_argument("--train", action="store_true", help="also an RBM epoch from each "
                         "source, held and streamed")
+    parser.add_argument("--together", action="store_true", help="also every rank of N > 1 "
+                        "reading its part at the same time, each a process")
     parser.add_argument("--first-step", action="store_true", help="also the time from "
                         "launching --ranks ranks on each source to their first step")
     parser.add_argument("--spark", action="store_true", help="also the table as a Spark "
@@ -276,6 +297,20 @@ def main(argv: list[str] | None = None) -> int:
                                                               for r in runs_of),
                            "first_step_s": statistics.median(r["first_step_s"]
                                                              for r in runs_of)})
+    together = []
+    if args.together:
+        found = {f"{n}@{r}": [] for n in specs for r in args.ranks if r > 1}
+        for _ in range(args.repeats):
+            for source, spec in specs.items():
+                for r in (r for r in args.ranks if r > 1):
+                    found[f"{source}@{r}"].append(read_together(spec, r, args.chunk_mb))
+        for key, runs_of in found.items():
+            source, r = key.split("@")
+            together.append({"source": source, "ranks": int(r), "runs": runs_of,
+                             "rank_mb_per_s": statistics.median(
+                                 v for x in runs_of for v in x["ranks_mb_per_s"]),
+                             **{k: statistics.median(x[k] for x in runs_of)
+                                for k in ("total_s", "mb_per_s")}})
     starts = []
     if args.first_step:
         found = {f"{n}@{r}": [] for n in specs for r in args.ranks}
@@ -303,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             "rows": args.rows, "features": args.features, "chunk_mb": args.chunk_mb,
             "repeats": args.repeats}
     (args.out / f"{name}.json").write_text(json.dumps(
-        {**meta, "results": summary, "epochs": epochs, "first_steps": starts, "spark": fits},
+        {**meta, "results": summary, "together": together, "epochs": epochs,
+         "first_steps": starts, "spark": fits},
         indent=2))
     lines = ["| source | ranks | rank 0's rows | MB (float32) | time to first rows, s | "
              "all its rows, s | MB/s |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -318,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {e['source']} | {e['memory']} | {e['samples_per_s']:,.0f} | "
                          f"{e['samples_per_s'] / held[e['source']]:.3f} | "
                          f"{e['first_step_s']:.2f} |")
+    if together:
+        lines += ["", "| source | ranks reading at once | each rank's MB/s (median) | all "
+                  "ranks' MB/s | slowest rank, s |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {e['source']} | {e['ranks']} | {e['rank_mb_per_s']:.1f} | "
+                  f"{e['mb_per_s']:.1f} | {e['total_s']:.3f} |" for e in together]
     if starts:
         lines += ["", "| source | ranks | launch to first step, s | rank 0's start to it, s |",
                   "|---|---:|---:|---:|"]
