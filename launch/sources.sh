@@ -7,6 +7,7 @@
 #   bash launch/sources.sh                       # MNIST's size (60,000 × 784), into results/sources
 #   ROWS="60000 340000" bash launch/sources.sh   # and about 1 GB of float32 features
 #   TRAIN=1 bash launch/sources.sh               # and an RBM epoch from each, held and streamed
+#   TOGETHER=1 bash launch/sources.sh            # and 2 ranks reading at the same time
 #   FIRST=1 bash launch/sources.sh               # and launch to first step at 1 and 2 ranks,
 #                                                # Spark's store and hvdl.spark.fit included
 set -euo pipefail
@@ -51,5 +52,6 @@ EOF
 for n in $rows; do
     "$python" -m hvdl.bench.sources --rows "$n" --repeats "$repeats" --s3 s3://bench/data \
         --postgres "postgresql://bench@127.0.0.1:$pg_port/postgres" --folder "$work/files" \
-        --out "$out" ${TRAIN:+--train} ${FIRST:+--first-step --spark} ${NAME:+--name "$NAME"}
+        --out "$out" ${TRAIN:+--train} ${FIRST:+--first-step --spark} ${TOGETHER:+--together} \
+        ${NAME:+--name "$NAME"}
 done
