@@ -120,7 +120,9 @@ fi
 # --- the daemons ----------------------------------------------------------------------------
 mpis=$(srun --mpi=list 2>&1) || true
 grep -qw pmix <<<"$mpis" || fail 1 "this Slurm has no pmix plugin (srun --mpi=list)"
-running "$spool/slurmctld.pid" || slurmctld -f "$conf" \
+# -c: a controller started here starts with no jobs. Recovering an earlier controller's jobs
+# would bring back one left running when that cluster was killed, holding the node for good.
+running "$spool/slurmctld.pid" || slurmctld -c -f "$conf" \
     || fail 1 "slurmctld did not start; see $logs/slurmctld.log"
 # The node is called localhost whatever the hostname is, so slurmd is told its name.
 running "$spool/slurmd.pid" || slurmd -f "$conf" -N localhost \

@@ -9,6 +9,7 @@ the tests started is stopped afterwards; one that was up before stays up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -146,3 +147,29 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert f"resumed from {saved}" in log, log
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["train"]] == [1, 2] and metrics["stops"], metrics
+
+
+def test_a_cluster_started_again_after_its_daemons_were_killed_holds_no_old_job(cluster):
+    """Test that launch/slurm-local.sh, started after its daemons were stopped with a job still
+    running, comes up with no job and its node idle: the old job is not recovered from the saved
+    state, where it would hold the node and every later job would wait behind it."""
+    import psutil
+
+    script = str(ROOT / "launch" / "slurm-local.sh")
+    marker = f"sleep 600 # {uuid.uuid4().hex}"
+    job_id = slurm("sbatch", "--parsable", "--ntasks=1", "--output=/dev/null", "--wrap",
+                   marker).stdout.strip()
+    try:
+        wait_for(lambda: job_state(job_id) == "RUNNING", 60, "the job to run")
+        subprocess.run([script, "stop"], check=True, capture_output=True, timeout=120)
+        start = subprocess.run([script], capture_output=True, text=True, timeout=300)
+        assert start.returncode == 0, start.stderr
+        assert slurm("squeue", "-h", "-o", "%i %T").stdout.strip() == ""
+        assert slurm("sinfo", "-h", "-n", "localhost", "-o", "%T").stdout.strip() == "idle"
+    finally:  # the killed daemons' job lives on as processes: end them
+        slurm("scancel", job_id)
+        for proc in psutil.process_iter(["cmdline"]):
+            line = " ".join(proc.info["cmdline"] or [])
+            if marker in line or f"slurmstepd: [{job_id}." in line:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
