@@ -156,9 +156,8 @@ def test_a_cluster_started_again_after_its_daemons_were_killed_holds_no_old_job(
     import psutil
 
     script = str(ROOT / "launch" / "slurm-local.sh")
-    marker = f"sleep 600 # {uuid.uuid4().hex}"
     job_id = slurm("sbatch", "--parsable", "--ntasks=1", "--output=/dev/null", "--wrap",
-                   marker).stdout.strip()
+                   "sleep 600").stdout.strip()
     try:
         wait_for(lambda: job_state(job_id) == "RUNNING", 60, "the job to run")
         subprocess.run([script, "stop"], check=True, capture_output=True, timeout=120)
@@ -168,8 +167,9 @@ def test_a_cluster_started_again_after_its_daemons_were_killed_holds_no_old_job(
         assert slurm("sinfo", "-h", "-n", "localhost", "-o", "%T").stdout.strip() == "idle"
     finally:  # the killed daemons' job lives on as processes: end them
         slurm("scancel", job_id)
+        mine = (f"slurmstepd: [{job_id}.", f"/job{int(job_id):05d}/slurm_script")
         for proc in psutil.process_iter(["cmdline"]):
-            line = " ".join(proc.info["cmdline"] or [])
-            if marker in line or f"slurmstepd: [{job_id}." in line:
+            if any(m in " ".join(proc.info["cmdline"] or []) for m in mine):
                 with contextlib.suppress(psutil.Error):
-                    proc.kill()
+                    for child in [*proc.children(recursive=True), proc]:
+                        child.kill()
