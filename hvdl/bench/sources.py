@@ -163,6 +163,14 @@ def train_options(spec: Spec, results: Path, *extra: str) -> list[str]:
             *options, *extra]
 
 
+def run_job(cmd: list[str]) -> None:
+    """Run a training job; a failed one ends the benchmark with the end of its output."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n"
+                           f"{(proc.stdout + proc.stderr)[-3000:]}")
+
+
 def run_metrics(results: Path) -> dict[str, Any]:
     return json.loads(next(results.iterdir()).joinpath("metrics.json").read_text())
 
@@ -171,8 +179,7 @@ def train_epoch(spec: Spec, memory: str, results: Path) -> dict[str, float]:
     """One RBM epoch (one process) on the source, its shard held on the device or streamed:
     samples/s of the epoch and seconds from start to the first step."""
     shutil.rmtree(results, ignore_errors=True)
-    subprocess.run([sys.executable, *train_options(spec, results, "--data.memory", memory)],
-                   check=True, capture_output=True)
+    run_job([sys.executable, *train_options(spec, results, "--data.memory", memory)])
     metrics = run_metrics(results)
     return {"samples_per_s": metrics["pretrain1"][-1]["samples_per_s"],
             "first_step_s": metrics["first_step_s"]}
@@ -187,9 +194,8 @@ def first_step(spec: Spec, ranks: int, results: Path) -> dict[str, float]:
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
         str(ranks)]
     started = time.time()
-    subprocess.run([*launcher, *train_options(spec, results, "--max_steps", "5",
-                                              "--dist.backend", "torch")],
-                   check=True, capture_output=True)
+    run_job([*launcher, *train_options(spec, results, "--max_steps", "5", "--dist.backend",
+                                       "torch")])
     metrics = run_metrics(results)
     return {"launch_s": metrics["first_step_at"] - started, "rank_s": metrics["first_step_s"]}
 
