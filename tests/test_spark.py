@@ -196,11 +196,11 @@ def test_the_store_holds_a_vector_column_as_one_column_per_element(tmp_path, spa
 def test_the_sources_benchmark_times_spark_writing_the_store_and_fit(tmp_path, spark):
     """Test that the sources benchmark's Spark phase writes the DataFrame as the store and
     times hvdl.spark.fit from its call to rank 0's first step (5 steps of one rank)."""
-    from hvdl.bench import sources
+    from hvdl.bench import source_jobs, sources
 
     table = sources.make_table(200, 6)
     specs = sources.write_sources(table, tmp_path, "", "")
-    (fit,) = sources.spark_fits(spark, Path(specs["parquet"].path), specs["parquet"].features,
+    (fit,) = source_jobs.spark_fits(spark, Path(specs["parquet"].path), specs["parquet"].features,
                                 [1], 1, tmp_path)
     assert fit["ranks"] == 1 and fit["mb"] == 200 * 6 * 4 / 2**20 and fit["files_mb"] > 0
     assert 0 < fit["write_s"] and 0 < fit["rank_s"] < fit["launch_s"] < 120, fit

@@ -23,10 +23,7 @@ import argparse
 import io
 import json
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hvdl.bench import source_jobs as jobs
 from hvdl.data import chunks
 from hvdl.data.formats import open_source, store
 from hvdl.data.formats.base import Source, Spec
@@ -153,96 +151,19 @@ def read_with_copy(spec: Spec, ranks: int, chunk_mb: float) -> dict[str, float]:
             "rows": chunks.total(mine), "mb": nbytes / 2**20}
 
 
-def train_options(spec: Spec, results: Path, *extra: str) -> list[str]:
-    """`hvdl.train`'s options for an RBM (784-500, CD-1) on the source, one epoch."""
-    options = ["--data.path", spec.path, "--data.label", spec.label]
-    if spec.format == "sql":
-        options += ["--data.format", "sql", "--data.table", spec.table]
-    return ["-m", "hvdl.train", "--model", "rbm_mnist", "--layers", "0,500",
-            "--rbm.pretrain_epochs", "1", "--data.scale", "unit", "--results_dir", str(results),
-            *options, *extra]
-
-
-def run_job(cmd: list[str]) -> None:
-    """Run a training job; a failed one ends the benchmark with the end of its output."""
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n"
-                           f"{(proc.stdout + proc.stderr)[-3000:]}")
-
-
-def run_metrics(results: Path) -> dict[str, Any]:
-    return json.loads(next(results.iterdir()).joinpath("metrics.json").read_text())
-
-
-def train_epoch(spec: Spec, memory: str, results: Path) -> dict[str, float]:
-    """One RBM epoch (one process) on the source, its shard held on the device or streamed:
-    samples/s of the epoch and seconds from start to the first step."""
-    shutil.rmtree(results, ignore_errors=True)
-    run_job([sys.executable, *train_options(spec, results, "--data.memory", memory)])
-    metrics = run_metrics(results)
-    return {"samples_per_s": metrics["pretrain1"][-1]["samples_per_s"],
-            "first_step_s": metrics["first_step_s"]}
-
-
-def first_step(spec: Spec, ranks: int, results: Path) -> dict[str, float]:
-    """N ranks (the torch engine; torchrun for 2 or more) of an RBM run on the source, stopped
-    after 5 steps: seconds from the launch to rank 0's first step, and from rank 0's own start
-    (its imports, connecting, the snapshot, reading its shard, the model)."""
-    shutil.rmtree(results, ignore_errors=True)
-    launcher = [sys.executable] if ranks == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-        str(ranks)]
-    started = time.time()
-    run_job([*launcher, *train_options(spec, results, "--max_steps", "5", "--dist.backend",
-                                       "torch")])
-    metrics = run_metrics(results)
-    return {"launch_s": metrics["first_step_at"] - started, "rank_s": metrics["first_step_s"]}
-
-
-def spark_session(workers: int) -> Any:
-    """A local-cluster Spark of `workers` worker JVMs, a task slot each, on 127.0.0.1."""
-    import os
-
-    from pyspark.sql import SparkSession
-
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # the executors run this environment's hvdl
-    return (SparkSession.builder.master(f"local-cluster[{workers},1,2048]")
-            .appName("hvdl-bench-sources").config("spark.ui.enabled", "false")
-            .config("spark.driver.host", "127.0.0.1")
-            .config("spark.driver.bindAddress", "127.0.0.1").getOrCreate())
-
-
-def spark_fits(session: Any, parquet: Path, features: tuple[str, ...], ranks: list[int],
-               repeats: int, folder: Path) -> list[dict[str, Any]]:
-    """The table as a Spark DataFrame (read from the local Parquet file): seconds to write it
-    as hvdl's Parquet store (`hvdl.spark.write_store`), and from calling `hvdl.spark.fit` with
-    N ranks (writing the store, the barrier stage, the ranks' start and reads) to rank 0's
-    first step."""
-    from hvdl import spark as hs
-
-    df = session.read.parquet(str(parquet))
-    mb = df.count() * len(features) * 4 / 2**20  # as float32; the executors started
-    found: dict[int, list[dict[str, float]]] = {n: [] for n in ranks}
-    for round_ in range(repeats):
-        for n in ranks:
-            stores = folder / f"spark-{round_}-{n}"
-            started = time.time()
-            written = hs.write_store(df, "label", list(features), stores / "alone")
-            write_s = time.time() - started
-            files = sum(f.stat().st_size for f in written.rglob("*.parquet")) / 2**20
-            started = time.time()
-            result = hs.fit(df, model="rbm_mnist", label="label", features=list(features),
-                            num_workers=n, store=stores, layers=[0, 500], max_steps=5,
-                            data={"scale": "unit"}, rbm={"pretrain_epochs": 1})
-            metrics = json.loads((result.run_dir / "metrics.json").read_text())
-            found[n].append({"write_s": write_s, "mb": mb, "files_mb": files,
-                             "launch_s": metrics["first_step_at"] - started,
-                             "rank_s": metrics["first_step_s"]})
-            shutil.rmtree(stores, ignore_errors=True)
-    keys = ("write_s", "mb", "files_mb", "launch_s", "rank_s")
-    return [{"ranks": n, "runs": runs, **{k: statistics.median(r[k] for r in runs) for k in keys}}
-            for n, runs in found.items()]
+def in_rounds(specs: dict[str, Any], settings: list, measure: Callable[..., dict],
+              repeats: int, setting: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`measure(spec, value)` for every source and value of a setting, in `repeats` rounds
+    (every source once, then again: the machine is shared); per (source, value), its runs and
+    the medians of `keys`."""
+    runs: dict[tuple[str, Any], list[dict]] = {(n, v): [] for n in specs for v in settings}
+    for _ in range(repeats):
+        for name, spec in specs.items():
+            for value in settings:
+                runs[name, value].append(measure(spec, value))
+    return [{"source": name, setting: value, "runs": found,
+             **{k: statistics.median(r[k] for r in found) for k in keys}}
+            for (name, value), found in runs.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,66 +195,27 @@ def main(argv: list[str] | None = None) -> int:
         name: (spec, read_with_hvdl) for name, spec in specs.items()}
     if "postgres" in specs:
         readers["postgres-copy"] = (specs["postgres"], read_with_copy)
-    runs: dict[str, list[dict]] = {f"{name}@{n}": [] for name in readers for n in args.ranks}
-    for _ in range(args.repeats):  # rounds: every source once, then again
-        for name, (spec, read) in readers.items():
-            for n in args.ranks:
-                runs[f"{name}@{n}"].append(read(spec, n, args.chunk_mb))
-    summary = []
-    for key, found in runs.items():
-        name, n = key.split("@")
-        total = statistics.median(r["total_s"] for r in found)
-        summary.append({"source": name, "ranks": int(n), "rows": found[0]["rows"],
-                        "mb": found[0]["mb"], "first_s": statistics.median(
-                            r["first_s"] for r in found), "total_s": total,
-                        "mb_per_s": found[0]["mb"] / total, "runs": found})
-    epochs = []
-    if args.train:
-        found: dict[str, list[dict]] = {f"{n}@{m}": [] for n in specs
-                                        for m in ("device", "stream")}
-        for _ in range(args.repeats):
-            for source, spec in specs.items():
-                for memory in ("device", "stream"):
-                    found[f"{source}@{memory}"].append(
-                        train_epoch(spec, memory, args.folder / "runs"))
-        for key, runs_of in found.items():
-            source, memory = key.split("@")
-            epochs.append({"source": source, "memory": memory, "runs": runs_of,
-                           "samples_per_s": statistics.median(r["samples_per_s"]
-                                                              for r in runs_of),
-                           "first_step_s": statistics.median(r["first_step_s"]
-                                                             for r in runs_of)})
-    together = []
-    if args.together:
-        found = {f"{n}@{r}": [] for n in specs for r in args.ranks if r > 1}
-        for _ in range(args.repeats):
-            for source, spec in specs.items():
-                for r in (r for r in args.ranks if r > 1):
-                    found[f"{source}@{r}"].append(read_together(spec, r, args.chunk_mb))
-        for key, runs_of in found.items():
-            source, r = key.split("@")
-            together.append({"source": source, "ranks": int(r), "runs": runs_of,
-                             "rank_mb_per_s": statistics.median(
-                                 v for x in runs_of for v in x["ranks_mb_per_s"]),
-                             **{k: statistics.median(x[k] for x in runs_of)
-                                for k in ("total_s", "mb_per_s")}})
-    starts = []
-    if args.first_step:
-        found = {f"{n}@{r}": [] for n in specs for r in args.ranks}
-        for _ in range(args.repeats):
-            for source, spec in specs.items():
-                for r in args.ranks:
-                    found[f"{source}@{r}"].append(first_step(spec, r, args.folder / "runs"))
-        for key, runs_of in found.items():
-            source, r = key.split("@")
-            starts.append({"source": source, "ranks": int(r), "runs": runs_of,
-                           **{k: statistics.median(x[k] for x in runs_of)
-                              for k in ("launch_s", "rank_s")}})
+    summary = in_rounds(readers, args.ranks, lambda r, n: r[1](r[0], n, args.chunk_mb),
+                        args.repeats, "ranks", ("first_s", "total_s"))
+    for r in summary:
+        r.update(rows=r["runs"][0]["rows"], mb=r["runs"][0]["mb"],
+                 mb_per_s=r["runs"][0]["mb"] / r["total_s"])
+    runs = args.folder / "runs"
+    epochs = in_rounds(specs, ["device", "stream"], lambda spec, m: jobs.train_epoch(
+        spec, m, runs), args.repeats, "memory", ("samples_per_s", "first_step_s")) \
+        if args.train else []
+    together = in_rounds(specs, [n for n in args.ranks if n > 1], lambda spec, n: read_together(
+        spec, n, args.chunk_mb), args.repeats, "ranks", ("total_s", "mb_per_s")) \
+        if args.together else []
+    for e in together:  # each rank's rate, over the ranks of every round
+        e["rank_mb_per_s"] = statistics.median(v for x in e["runs"] for v in x["ranks_mb_per_s"])
+    starts = in_rounds(specs, args.ranks, lambda spec, n: jobs.first_step(spec, n, runs),
+                       args.repeats, "ranks", ("launch_s", "rank_s")) if args.first_step else []
     fits = []
     if args.spark:
-        session = spark_session(max(args.ranks))
+        session = jobs.spark_session(max(args.ranks))
         try:
-            fits = spark_fits(session, Path(specs["parquet"].path), specs["parquet"].features,
+            fits = jobs.spark_fits(session, Path(specs["parquet"].path), specs["parquet"].features,
                               args.ranks, args.repeats, args.folder)
         finally:
             session.stop()
