@@ -277,22 +277,22 @@ def test_stacked_autoencoder_config_errors_name_the_key(overrides, message):
                                      [f"--{k}={v}" for k, v in overrides.items()]))
 
 
-# --- real Horovod jobs ----------------------------------------------------------------------------
+# --- real 2-rank jobs (mpirun: the engine is not what these test) --------------------------------
 
 @pytest.fixture(scope="module")
 def grad_job(tmp_path_factory):
-    """The rank outputs of tests/jobs/sae_grad.py run with horovodrun -np 1 and -np 2."""
+    """The rank outputs of tests/jobs/sae_grad.py run with mpirun -np 1 and -np 2."""
     outputs = {}
     for n in (1, 2):
         out = tmp_path_factory.mktemp(f"sae_grad_np{n}")
-        check_job(n, [str(ROOT / "tests" / "jobs" / "sae_grad.py"), str(out)], launcher="gloo")
+        check_job(n, [str(ROOT / "tests" / "jobs" / "sae_grad.py"), str(out)], launcher="mpirun")
         outputs[n] = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(n)]
     return outputs
 
 
 @pytest.mark.slow
 def test_two_ranks_give_the_cost_and_gradient_of_one(grad_job):
-    """Test that horovodrun -np 2 gives the -np 1 cost and gradient (with sparsity) within 1e-6."""
+    """Test that mpirun -np 2 gives the -np 1 cost and gradient (with sparsity) within 1e-6."""
     (one,), two = grad_job[1], grad_job[2]
     assert one["terms"]["sparsity"] > 0.1
     for rank in two:
@@ -329,7 +329,7 @@ def run_recipe(tmp_path, np_, launcher, *args):
 @pytest.mark.slow
 def test_sae_patches_recipe_runs_on_two_ranks_with_identical_parameters(tmp_path):
     """Test that sae_patches runs 3 L-BFGS iterations on 2 ranks, which end identical."""
-    run_dir, found = run_recipe(tmp_path, 2, "gloo", "--model", "sae_patches",
+    run_dir, found = run_recipe(tmp_path, 2, "mpirun", "--model", "sae_patches",
                                 "--sae.lbfgs_iterations", "3", "--patches.count", "2000")
     sae = found["final"]
     assert sae["iterations"] == 3
@@ -341,8 +341,8 @@ def test_sae_patches_recipe_runs_on_two_ranks_with_identical_parameters(tmp_path
 
 @pytest.mark.slow
 def test_sae_minibatch_adam_runs_on_two_ranks(tmp_path):
-    """Test that the minibatch path (Adam through Horovod's optimizer) trains sae_patches."""
-    _, found = run_recipe(tmp_path, 2, "gloo", "--model", "sae_patches", "--optimizer", "adam",
+    """Test that the minibatch path (Adam, gradients averaged over ranks) trains sae_patches."""
+    _, found = run_recipe(tmp_path, 2, "mpirun", "--model", "sae_patches", "--optimizer", "adam",
                           "--lr", "0.01", "--epochs", "1", "--batch_size", "100",
                           "--patches.count", "2000", "--filters_every", "5")
     assert found["final"]["steps"] == 10

@@ -273,7 +273,7 @@ def test_a_bad_input_case_as_its_own_process_is_the_same_line(tmp_path, case):
 def test_more_ranks_than_samples_is_reported_once_by_rank_0(tmp_path):
     """Test that 2 ranks for 1 example is bad input: rank 0 says so once, the job exits non-zero."""
     proc = run_job(2, ["-m", "hvdl.train", "--train_size", "1", "--results_dir",
-                       str(tmp_path / "runs")])
+                       str(tmp_path / "runs")], "mpirun")
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert text.count("hvdl: error:") == 1, text[-3000:]

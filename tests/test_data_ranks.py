@@ -76,7 +76,7 @@ def test_every_format_is_dealt_disjoint_covering_shards_with_equal_steps(tmp_pat
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(datasets))
     check_job(size, [str(ROOT / "tests" / "jobs" / "data_shards.py"), str(spec),
-                     str(tmp_path / "out")], timeout=300)
+                     str(tmp_path / "out")], "mpirun", timeout=300)
     found = {name: [json.loads((tmp_path / "out" / f"{name}-rank{r}.json").read_text())
                     for r in range(size)] for name in datasets}
     for name, ranks in found.items():
@@ -137,7 +137,7 @@ def test_a_step_on_user_data_is_the_same_on_1_and_2_ranks(tmp_path):
                         "standardize", "--batch_size", str(96 // np_), "--epochs", "2",
                         "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
                         "--lr_scaling", "none", "--schedule", "constant", "--label_smoothing",
-                        "0", "--results_dir", str(out)], "python" if np_ == 1 else "gloo")
+                        "0", "--results_dir", str(out)], "python" if np_ == 1 else "mpirun")
         weights[np_] = trained_weights(out, "csv", tmp_path / "shapes.csv", (96, 0), names,
                                        (1, 16, 16))
     for name, w1 in weights[1].items():

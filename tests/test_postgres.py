@@ -145,7 +145,7 @@ def test_ranks_read_disjoint_covering_parts_of_a_table_as_of_the_same_rows_on_di
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     check_job(size, [str(ROOT / "tests" / "jobs" / "data_shards.py"), str(tmp_path / "spec.json"),
-                     str(tmp_path / "out")], timeout=300)
+                     str(tmp_path / "out")], "mpirun", timeout=300)
     found = {name: [json.loads((tmp_path / "out" / f"{name}-rank{r}.json").read_text())
                     for r in range(size)] for name in spec}
     disk = found["disk"]
@@ -191,9 +191,10 @@ def test_two_ranks_train_on_a_table_to_the_weights_of_local_parquet_keeping_no_p
     depends on rows and features alone), and that its run folder holds no password."""
     common = ["-m", "hvdl.train", "--model", "rbm_mnist", "--layers", "0,6",
               "--rbm.pretrain_epochs", "2", "--batch_size", "5"]
-    check_job(2, [*common, *datasets["parquet"], "--results_dir", str(tmp_path / "disk")])
+    check_job(2, [*common, *datasets["parquet"], "--results_dir", str(tmp_path / "disk")],
+              "mpirun")
     out = check_job(2, [*common, *sql_options(postgres, "--data.table", "rows"),
-                        "--results_dir", str(tmp_path / "sql")])
+                        "--results_dir", str(tmp_path / "sql")], "mpirun")
     assert f"hvdl: data: sql {postgres.url} (table rows)" in out
     weights = [torch.load(next((tmp_path / d).iterdir()) / "stages" / "pretrain1.pt",
                           weights_only=True)["model"] for d in ("disk", "sql")]
@@ -284,7 +285,7 @@ def test_encode_writes_the_codes_back_as_a_table_that_joins_to_the_rows(tmp_path
     stage = next((tmp_path / "runs").iterdir()) / "stages" / "pretrain1.pt"
     for name, extra in (("codes_by_key", []), ("codes_by_ctid", ["--data.key", ""])):
         check_job(2, ["-m", "hvdl.encode", "--checkpoint", str(stage), "--out", postgres.url,
-                      "--table", name, *extra])
+                      "--table", name, *extra], "mpirun")
     again = run_job(1, ["-m", "hvdl.encode", "--checkpoint", str(stage), "--out", postgres.url,
                         "--table", "codes_by_key"], launcher="python", timeout=120)
     assert again.returncode == 2 and "table codes_by_key exists" in again.stderr

@@ -270,7 +270,7 @@ def test_recipe_runs_a_few_steps_and_keeps_each_stage(tmp_path, recipe):
 def test_deep_autoencoder_trains_on_two_ranks(tmp_path):
     """Test that a tiny deep_ae_mnist run on 2 ranks reports finite autoencoder and PCA errors."""
     check_job(2, ["-m", "hvdl.train", "--model", "deep_ae_mnist", *TINY,
-                  "--results_dir", str(tmp_path)], launcher="gloo")
+                  "--results_dir", str(tmp_path)], launcher="mpirun")
     (run_dir,) = list(tmp_path.iterdir())
     final = json.loads((run_dir / "metrics.json").read_text())["final"]
     assert 0 < final["squared_error"] < final["squared_error_before_finetune"]  # it learned
@@ -284,7 +284,7 @@ def test_minibatch_lbfgs_on_two_ranks_equals_one_process_on_the_global_batch(tmp
     runs = {}
     for np_ in (1, 2):
         out = tmp_path / f"np{np_}.json"
-        check_job(np_, ["tests/jobs/lbfgs_batches.py", str(out)], "gloo")
+        check_job(np_, ["tests/jobs/lbfgs_batches.py", str(out)], "mpirun")
         runs[np_] = json.loads(out.read_text())
     assert runs[2]["size"] == 2 and runs[2]["ranks_agree"]
     assert all(runs[1]["lowered"])  # each step lowered the cost of its minibatch

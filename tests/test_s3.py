@@ -196,7 +196,7 @@ def test_every_format_in_s3_is_dealt_as_the_files_on_disk_are(tmp_path, s3, data
             **{n: as_s3(datasets[n], folder, url) for n in names}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     check_job(size, [str(ROOT / "tests" / "jobs" / "data_shards.py"), str(tmp_path / "spec.json"),
-                     str(tmp_path / "out")], timeout=300, **s3.env())
+                     str(tmp_path / "out")], "mpirun", timeout=300, **s3.env())
     found = {name: [json.loads((tmp_path / "out" / f"{name}-rank{r}.json").read_text())
                     for r in range(size)] for name in spec}
     disk = found["disk"]
@@ -229,9 +229,9 @@ def test_two_ranks_train_from_s3_to_the_weights_of_local_parquet_and_keep_no_cre
               "cls", "--rbm.pretrain_epochs", "2", "--batch_size", "5", "--data.chunk_mb",
               str(8 * 16 / 2**20)]
     check_job(2, [*common, "--data.path", str(folder / "d.parquet"), "--results_dir",
-                  str(tmp_path / "disk")])
+                  str(tmp_path / "disk")], "mpirun")
     out = check_job(2, [*common, "--data.path", f"{url}/d.parquet", "--results_dir",
-                        str(tmp_path / "s3")], **s3.env())
+                        str(tmp_path / "s3")], "mpirun", **s3.env())
     assert f"hvdl: data: parquet {url}/d.parquet" in out
     disk, remote = final_weights(tmp_path / "disk"), final_weights(tmp_path / "s3")
     assert disk.keys() == remote.keys()

@@ -1,5 +1,6 @@
-"""Synchronisation modes (hvdl/loop/sync.py) in real 2-rank Horovod jobs, and the GPU-path
-switches."""
+"""Synchronisation modes (hvdl/loop/sync.py) in real 2-rank Horovod jobs (horovodrun, and the
+Horovod engine under mpirun, which spares each job horovodrun's seconds of start-up), and the
+GPU-path switches."""
 
 import json
 
@@ -52,19 +53,20 @@ def test_backward_passes_per_step_averages_the_minibatches_before_one_update(mod
 @pytest.mark.slow
 def test_training_with_parameter_averaging_k1_matches_the_default(tmp_path):
     """Test that hvdl.train with --perf.sync average --perf.sync_every 1 matches allreduce."""
-    common = [*TINY, "--optimizer", "sgd", "--momentum", "0", "--lr", "0.05",
-              "--lr_scaling", "none", "--schedule", "constant", "--warmup_epochs", "0"]
+    common = [*TINY, "--dist.backend", "horovod", "--optimizer", "sgd", "--momentum", "0",
+              "--lr", "0.05", "--lr_scaling", "none", "--schedule", "constant",
+              "--warmup_epochs", "0"]
     weights = {}
     for name, extra in (("allreduce", []),
                         ("average", ["--perf.sync", "average", "--perf.sync_every", "1"])):
         check_job(2, ["-m", "hvdl.train", *common, *extra, "--results_dir",
-                      str(tmp_path / name)])
+                      str(tmp_path / name)], "mpirun")
         weights[name] = final_weights(tmp_path / name)
     for key, w in weights["allreduce"].items():
         torch.testing.assert_close(weights["average"][key], w, rtol=0, atol=1e-6, msg=key)
     # The flag reaches the optimizer: averaging every 4 steps ends elsewhere.
     check_job(2, ["-m", "hvdl.train", *common, "--perf.sync", "average", "--perf.sync_every",
-                  "4", "--results_dir", str(tmp_path / "every4")])
+                  "4", "--results_dir", str(tmp_path / "every4")], "mpirun")
     every4 = final_weights(tmp_path / "every4")
     assert any((every4[k] - w).abs().max() > 1e-4 for k, w in weights["allreduce"].items())
 
@@ -72,8 +74,8 @@ def test_training_with_parameter_averaging_k1_matches_the_default(tmp_path):
 @pytest.mark.slow
 def test_timeline_flag_writes_horovods_timeline_into_the_run_folder(tmp_path):
     """Test that --perf.timeline leaves rank 0's Horovod timeline in the run folder."""
-    check_job(2, ["-m", "hvdl.train", *TINY, "--perf.timeline", "--results_dir",
-                  str(tmp_path)])
+    check_job(2, ["-m", "hvdl.train", *TINY, "--dist.backend", "horovod", "--perf.timeline",
+                  "--results_dir", str(tmp_path)], "mpirun")
     (run_dir,) = list(tmp_path.iterdir())
     text = (run_dir / "horovod_timeline.json").read_text()
     assert text.startswith("[") and "ALLREDUCE" in text
@@ -129,8 +131,9 @@ def test_fused_training_step_does_not_synchronise_host_and_gpu():
 def test_fusion_threshold_and_cycle_time_reach_horovod(tmp_path):
     """Test that perf.fusion_threshold_mb and perf.cycle_time_ms are in the ranks' environment
     as Horovod starts (HOROVOD_FUSION_THRESHOLD, HOROVOD_CYCLE_TIME), as the run records."""
-    check_job(2, ["-m", "hvdl.train", *TINY, "--perf.fusion_threshold_mb", "7",
-                  "--perf.cycle_time_ms", "0.5", "--results_dir", str(tmp_path)])
+    check_job(2, ["-m", "hvdl.train", *TINY, "--dist.backend", "horovod",
+                  "--perf.fusion_threshold_mb", "7", "--perf.cycle_time_ms", "0.5",
+                  "--results_dir", str(tmp_path)], "mpirun")
     (run_dir,) = list(tmp_path.iterdir())
     knobs = json.loads((run_dir / "metadata.json").read_text())["horovod"]
     assert knobs["HOROVOD_FUSION_THRESHOLD"] == str(7 * 1024 * 1024)

@@ -1,6 +1,6 @@
 """Minibatch L-BFGS (hvdl/loop/lbfgs.py) on the same global minibatches, on however many ranks.
 
-    horovodrun --gloo -np 2 python tests/jobs/lbfgs_batches.py OUT.json
+    mpirun -np 2 python tests/jobs/lbfgs_batches.py OUT.json     (or horovodrun, torchrun)
 
 Every rank draws the same global minibatches and keeps its own equal part of each; a small
 float64 classifier takes a few MinibatchLBFGS steps through loop.train_epoch's closure path.

@@ -1,6 +1,6 @@
 """Sparse autoencoder cost and gradient, and patch normalisation, on however many ranks run.
 
-    horovodrun --gloo -np 2 python tests/jobs/sae_grad.py OUT_DIR
+    mpirun -np 2 python tests/jobs/sae_grad.py OUT_DIR     (or horovodrun, torchrun)
 
 Every rank builds the same fixed global data (float64, seeded) and keeps its shard by the
 project's chunk rule (uneven sizes: 37 examples); the cost and gradient go through the trainer's
