@@ -190,13 +190,14 @@ JOB_SETTINGS = [("bernoulli-bernoulli-k1", "bernoulli", "bernoulli", False),
 
 @pytest.fixture(scope="module")
 def step_runs(tmp_path_factory):
-    """Rank outputs of tests/jobs/rbm_step.py under horovodrun -np 1 and -np 2, per sync mode."""
+    """Rank outputs of tests/jobs/rbm_step.py under mpirun -np 1 and -np 2, per sync mode (hooks:
+    the Horovod engine, whose per-tensor hook optimizer they are)."""
     runs = {}
     for mode in ("fused", "hooks"):
         for n in (1, 2):
             out = tmp_path_factory.mktemp(f"rbm_step_{mode}_np{n}")
             check_job(n, [str(ROOT / "tests" / "jobs" / "rbm_step.py"), str(out), mode],
-                      launcher="gloo")
+                      launcher="mpirun")
             runs[mode, n] = [torch.load(out / f"rank{r}.pt", weights_only=True)
                              for r in range(n)]
     return runs

@@ -246,7 +246,7 @@ def test_eval_on_two_ranks_equals_one_process(tmp_path, trained, family):
     (a classification report, or the reconstruction error and the RBM's free energy)."""
     ckpt = checkpoints(trained[family])[-1]
     reports = {}
-    for np_, launcher in ((1, "python"), (2, "gloo")):
+    for np_, launcher in ((1, "python"), (2, "mpirun")):  # each engine: test_engines.py
         out = tmp_path / f"report{np_}.json"
         check_job(np_, ["-m", "hvdl.evaluate", "--checkpoint", str(ckpt), "--out", str(out)],
                   launcher)
@@ -286,7 +286,7 @@ def test_encode_writes_every_row_once_in_file_order(tmp_path, trained, family):
     of every row, in file order with their labels, and a manifest of them."""
     ckpt = checkpoints(trained[family])[-1]
     out = tmp_path / "codes"
-    check_job(2, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out)], "gloo")
+    check_job(2, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out)], "mpirun")
     manifest = json.loads((out / "manifest.json").read_text())
     assert [p["rank"] for p in manifest["parts"]] == [0, 1]
     assert (manifest["family"], manifest["format"]) == (family, "parquet")

@@ -1,6 +1,6 @@
 """A few CD-k updates and a PCA on one fixed global batch, on however many ranks are launched.
 
-    horovodrun --gloo -np 2 python tests/jobs/rbm_step.py OUT_DIR [fused|hooks]
+    mpirun -np 2 python tests/jobs/rbm_step.py OUT_DIR [fused|hooks]    (hooks: the Horovod engine)
 
 Every rank draws the same global data and sampling noise from seeded generators and keeps its
 own contiguous slice, so a job of any size sees exactly the examples and noise of one process.
@@ -81,7 +81,7 @@ def run_pca(ctx: dist.Context) -> dict[str, torch.Tensor]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     out_dir, grad_sync = Path(args[0]), (args[1] if len(args) > 1 else "fused")
-    ctx = dist.init(threads=1)
+    ctx = dist.init(threads=1, backend="horovod" if grad_sync == "hooks" else "auto")
     results = {"size": ctx.size, **run_pca(ctx)}
     for visible, hidden, k, persistent in SETTINGS:
         name = f"{visible}-{hidden}-k{k}{'-pcd' if persistent else ''}"
