@@ -18,7 +18,7 @@ Exit status, the same on every rank:
     2  bad input, found before any work: one line on rank 0, no files left behind (the cases
        and their messages: results/bad_input.md)
 A rank that dies makes the launcher end the job with its own non-zero status
-(tests/test_faults.py); a rank whose collective fails because a peer is gone exits 1 with one
+(tests/test_engines.py); a rank whose collective fails because a peer is gone exits 1 with one
 line naming the ranks and hosts that stopped answering (hvdl/dist/peers.py,
 tests/test_multihost.py).
 """
