@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,29 @@ def launch_command(np: int, args: list[str], launcher: str = "gloo") -> list[str
         if launcher == "mpi" else []
     return [str(BIN / "horovodrun"), flag, *extra, "-np", str(np), "-H", f"localhost:{np}",
             *python]
+
+
+def run_hvdl(capture, argv: list[str]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `hvdl ARGV` run by its `main` in this process, `capture`
+    being pytest's capsys or capfd. Spares a case the two seconds of a new interpreter importing
+    torch; a warning that a process of its own would print fails it, as the extra line would,
+    and the engine a command started is shut down after, as the process's exit would."""
+    from hvdl import cli, dist
+
+    capture.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # what a new process shows, and more:
+        try:
+            status = cli.main(argv)
+        except SystemExit as done:
+            status = done.code
+        finally:
+            dist.shutdown()
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    shown = [w for w in caught if not issubclass(w.category, hidden)]  # a process hides these
+    assert not shown, [str(w.message) for w in shown]
+    out, err = capture.readouterr()
+    return status, out, err
 
 
 def run_job(np: int, args: list[str], launcher: str = "gloo", timeout: float = 300,

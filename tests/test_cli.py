@@ -3,40 +3,16 @@
 import re
 import subprocess
 import sys
-import warnings
 
 import pytest
 
 from baddata import DATA_CASES, DEFAULTS
-from procs import BIN, ROOT, job_env, run_job
+from procs import BIN, ROOT, job_env, run_hvdl, run_job
 
 
 def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=job_env(), capture_output=True,
                           text=True, timeout=120)
-
-
-def train_in_process(argv, capfd) -> tuple[int, str]:
-    """`hvdl train argv` run by its `main` in this process: (exit status, everything written to
-    stderr). Spares a bad-input case the two seconds of a new interpreter importing torch; a
-    warning that a process of its own would have printed fails the case, as the extra line
-    would. The engine is shut down after, as the process's exit would."""
-    from hvdl import dist
-    from hvdl.train import main
-
-    capfd.readouterr()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")  # what a new process shows
-        try:
-            status = main(argv)
-        except SystemExit as exit_:
-            status = exit_.code
-        finally:
-            dist.shutdown()
-    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
-    shown = [w for w in caught if not issubclass(w.category, hidden)]  # a process hides these
-    assert not shown, [str(w.message) for w in shown]
-    return status, capfd.readouterr().err
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -238,14 +214,14 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_input_exits_2_with_one_line_and_leaves_no_files(tmp_path, case, capfd):
     """Test that each bad-input case prints one line naming the problem, exits 2, writes nothing
-    (hvdl train's `main` in this process; `hvdl train` as a process of its own prints the same:
+    (`hvdl train` run in this process; `hvdl train` as a process of its own prints the same:
     the cases run so in test_a_bad_input_case_as_its_own_process_is_the_same_line)."""
     make_argv, words = BAD_INPUT[case]
     argv = make_argv(tmp_path)
     results = tmp_path / "runs"
     if "--results_dir" not in argv:
         argv += ["--results_dir", str(results)]
-    status, stderr = train_in_process([*argv, "--max_steps", "1"], capfd)
+    status, _, stderr = run_hvdl(capfd, ["train", *argv, "--max_steps", "1"])
     assert status == 2, stderr[-3000:]
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hvdl: error: "), stderr
