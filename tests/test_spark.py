@@ -200,8 +200,8 @@ def test_the_sources_benchmark_times_spark_writing_the_store_and_fit(tmp_path, s
 
     table = sources.make_table(200, 6)
     specs = sources.write_sources(table, tmp_path, "", "")
-    (fit,) = source_jobs.spark_fits(spark, Path(specs["parquet"].path), specs["parquet"].features,
-                                [1], 1, tmp_path)
+    parquet = specs["parquet"]
+    (fit,) = source_jobs.spark_fits(spark, Path(parquet.path), parquet.features, [1], 1, tmp_path)
     assert fit["ranks"] == 1 and fit["mb"] == 200 * 6 * 4 / 2**20 and fit["files_mb"] > 0
     assert 0 < fit["write_s"] and 0 < fit["rank_s"] < fit["launch_s"] < 120, fit
     assert not list(tmp_path.glob("spark-*"))  # each fit's store removed after it

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         name: (spec, read_with_hvdl) for name, spec in specs.items()}
     if "postgres" in specs:
         readers["postgres-copy"] = (specs["postgres"], read_with_copy)
-    summary = in_rounds(readers, args.ranks, lambda r, n: r[1](r[0], n, args.chunk_mb),
+    summary = in_rounds(readers, args.ranks,  # a reader is (its spec, its read function)
+                        lambda reader, n: reader[1](reader[0], n, args.chunk_mb),
                         args.repeats, "ranks", ("first_s", "total_s"))
     for r in summary:
         r.update(rows=r["runs"][0]["rows"], mb=r["runs"][0]["mb"],
@@ -215,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.spark:
         session = jobs.spark_session(max(args.ranks))
         try:
-            fits = jobs.spark_fits(session, Path(specs["parquet"].path), specs["parquet"].features,
-                              args.ranks, args.repeats, args.folder)
+            parquet = specs["parquet"]
+            fits = jobs.spark_fits(session, Path(parquet.path), parquet.features, args.ranks,
+                                   args.repeats, args.folder)
         finally:
             session.stop()
     name = args.name or f"rows{args.rows}"
