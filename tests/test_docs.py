@@ -17,7 +17,7 @@ from hvdl import cli, host
 from hvdl import config as configlib
 from hvdl import train as train_command
 from hvdl.data import dataset
-from hvdl.data.formats.base import default_cache
+from hvdl.data.formats.files import default_cache
 from hvdl.data.record import startup_line
 from hvdl.data.settings import Settings
 from hvdl.dist import Context

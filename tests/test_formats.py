@@ -14,7 +14,8 @@ from hvdl.data import chunks
 from hvdl.data.chunks import Piece
 from hvdl.data.convert import main as tool
 from hvdl.data.formats import idx, open_source
-from hvdl.data.formats.base import DataError, Spec, decompress
+from hvdl.data.formats.base import DataError, Spec
+from hvdl.data.formats.files import decompress
 
 ROWS, FEATURES = 53, 6
 

@@ -34,7 +34,8 @@ import torch
 from hvdl import host
 from hvdl.data import chunks, formats
 from hvdl.data.chunks import Order, Piece
-from hvdl.data.formats.base import DataError, Source, default_cache
+from hvdl.data.formats.base import DataError, Source
+from hvdl.data.formats.files import default_cache
 from hvdl.data.plan import (
     Plan,
     Sharing,

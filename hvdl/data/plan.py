@@ -24,7 +24,8 @@ from hvdl import dist, host
 from hvdl.config import ConfigError
 from hvdl.data import chunks
 from hvdl.data.chunks import Piece
-from hvdl.data.formats.base import DataError, Source, decompress, decompressed
+from hvdl.data.formats.base import DataError, Source
+from hvdl.data.formats.files import decompress, decompressed
 from hvdl.data.settings import Settings
 from hvdl.dist import Context
 from hvdl.errors import BadInput

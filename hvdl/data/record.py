@@ -7,7 +7,8 @@ from typing import Any
 
 from hvdl.data import chunks
 from hvdl.data.formats import data_format
-from hvdl.data.formats.base import Source, fingerprint
+from hvdl.data.formats.base import Source
+from hvdl.data.formats.files import fingerprint
 from hvdl.data.formats.patches import PatchSource
 from hvdl.data.plan import Plan
 from hvdl.data.settings import Settings

@@ -24,7 +24,8 @@ import numpy as np
 from hvdl.data import chunks
 from hvdl.data.convert.writers import Layout, label_path, open_writer
 from hvdl.data.formats import mnist, open_source, store
-from hvdl.data.formats.base import FILE_FORMATS, DataError, Source, Spec, format_of
+from hvdl.data.formats.base import FILE_FORMATS, DataError, Source, Spec
+from hvdl.data.formats.files import format_of
 from hvdl.data.formats.store import S3Path
 from hvdl.data.survey import label_keys, vocabulary
 from hvdl.errors import ArgumentParser, BadInput
@@ -67,7 +68,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def open_alone(args: argparse.Namespace) -> Source:
     """The dataset opened in this one process, a CSV's records counted."""
     if args.format == "mnist":
-        from hvdl.data.formats.base import decompress, default_cache
+        from hvdl.data.formats.files import decompress, default_cache
 
         return mnist.open_split(Path(args.path), args.split,
                                 lambda p: decompress(p, default_cache()))

@@ -25,18 +25,8 @@ import dataclasses
 from typing import Any, Callable
 
 from hvdl.data.formats import arrays, delimited, hdf5, idx, images, mnist, parquet, sql
-from hvdl.data.formats.base import (
-    FILE_FORMATS,
-    DataError,
-    Local,
-    Source,
-    Spec,
-    decompress,
-    default_cache,
-    expand,
-    infer_format,
-    of_format,
-)
+from hvdl.data.formats.base import FILE_FORMATS, DataError, Local, Source, Spec
+from hvdl.data.formats.files import decompress, default_cache, expand, infer_format, of_format
 from hvdl.data.formats.patches import PatchSource
 from hvdl.data.settings import Settings
 

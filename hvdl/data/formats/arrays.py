@@ -7,7 +7,7 @@
 Rows are the first axis; the other axes are one example's shape. NPY and raw IDX files are
 memory-mapped for each read, so a rank touches only the pages of its own rows and holds no
 mapping afterwards; HDF5 datasets are read by h5py slices. A gzip-compressed IDX or NPY file is
-read through its decompressed copy (hvdl/data/formats/base.py).
+read through its decompressed copy (hvdl/data/formats/files.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import store
-from hvdl.data.formats.base import DataError, Local, Source, Spec, check_readable, expand, is_gzip
+from hvdl.data.formats.base import DataError, Local, Source, Spec
+from hvdl.data.formats.files import check_readable, expand, is_gzip
 from hvdl.data.formats.store import S3Path
 
 NUMERIC_KINDS = "biuf"  # bool, signed and unsigned integers, floats

@@ -24,16 +24,8 @@ import numpy as np
 
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import store
-from hvdl.data.formats.base import (
-    DataError,
-    Local,
-    Source,
-    Spec,
-    check_readable,
-    is_gzip,
-    pick_columns,
-    plain_suffix,
-)
+from hvdl.data.formats.base import DataError, Local, Source, Spec, pick_columns
+from hvdl.data.formats.files import check_readable, is_gzip, plain_suffix
 
 
 class CsvSource(Source):

@@ -17,7 +17,8 @@ import numpy as np
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import store
 from hvdl.data.formats.arrays import check_lengths, check_numeric, same_schema
-from hvdl.data.formats.base import DataError, Source, Spec, check_readable
+from hvdl.data.formats.base import DataError, Source, Spec
+from hvdl.data.formats.files import check_readable
 from hvdl.data.formats.store import S3Path
 
 

@@ -24,16 +24,8 @@ import numpy as np
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import store
 from hvdl.data.formats.arrays import Block, check_lengths, label_files, same_schema
-from hvdl.data.formats.base import (
-    DataError,
-    Local,
-    Source,
-    Spec,
-    check_readable,
-    decompress,
-    default_cache,
-    is_gzip,
-)
+from hvdl.data.formats.base import DataError, Local, Source, Spec
+from hvdl.data.formats.files import check_readable, decompress, default_cache, is_gzip
 from hvdl.errors import BadInput
 
 # IDX type code -> big-endian NumPy dtype of the stored elements.

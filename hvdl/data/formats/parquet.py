@@ -19,14 +19,8 @@ import numpy as np
 
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import store
-from hvdl.data.formats.base import (
-    DataError,
-    Source,
-    Spec,
-    check_readable,
-    label_column,
-    pick_columns,
-)
+from hvdl.data.formats.base import DataError, Source, Spec, label_column, pick_columns
+from hvdl.data.formats.files import check_readable
 from hvdl.data.formats.store import S3Path
 
 SHAPE_KEY = b"hvdl.shape"  # schema metadata: one example's shape, as a JSON list
