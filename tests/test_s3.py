@@ -26,7 +26,7 @@ from test_data_ranks import ROWS, datasets  # noqa: F401  (a fixture: the rows i
 
 from cluster import cannot_start
 from hvdl.data.chunks import Piece
-from hvdl.data.formats import open_source, store
+from hvdl.data.formats import open_source, ranges, store
 from hvdl.data.formats.base import Spec
 from procs import ROOT, check_job, free_port, job_env, run_job
 
@@ -103,10 +103,10 @@ def s3_env(s3, monkeypatch):
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
     store.filesystem.cache_clear()
-    store.opened.cache_clear()
+    ranges.opened.cache_clear()
     yield s3
     store.filesystem.cache_clear()
-    store.opened.cache_clear()
+    ranges.opened.cache_clear()
 
 
 def read_all(source, rows: int = 9):
@@ -155,14 +155,14 @@ def test_a_rank_fetches_only_the_byte_ranges_of_its_own_rows(s3_env, tmp_path, m
     (tmp_path / "t.csv").write_text("a,b\n" + "".join(f"{i},{i % 7}\n" for i in range(60000)))
     url = s3_env.put_tree(tmp_path, "ranges")
     fetched = []
-    readinto = store.Ranges.readinto
+    readinto = ranges.Ranges.readinto
 
     def counted(self, buffer):
         n = readinto(self, buffer)
         fetched.append(n)
         return n
 
-    monkeypatch.setattr(store.Ranges, "readinto", counted)
+    monkeypatch.setattr(ranges.Ranges, "readinto", counted)
     source = open_source(Spec(path=f"{url}/x.npy"))
     fetched.clear()
     mine = [Piece(0, 1000, 1100), Piece(0, 2500, 2600)]

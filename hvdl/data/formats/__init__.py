@@ -15,8 +15,9 @@
 | patches | patches.PatchSource | a natural-image patch, drawn, whitened | none |
 | sql | sql.TableSource | a row of a PostgreSQL table or query | a column |
 
-The readers import only base.py (Source, Spec, DataError and the file helpers) and store.py
-(local files and s3:// objects); this module imports them, and nothing imports it back.
+The readers import only base.py (Source, Spec, DataError), files.py (finding files, gzip copies),
+ranges.py (reading bytes, local or s3://) and store.py (s3:// objects); this module imports
+them, and nothing imports it back.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.formats import store
+from hvdl.data.formats import ranges
 from hvdl.data.formats.base import DataError, Local, Source, Spec
 from hvdl.data.formats.files import check_readable, expand, is_gzip
 from hvdl.data.formats.store import S3Path
@@ -68,7 +68,7 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, Block | None]:
     """(shape, dtype, its rows as one block or None in Fortran order) of a .npy file, checked
     against its length."""
     check_readable(path)
-    with store.open_file(path, buffering=4096) as f:
+    with ranges.open_file(path, buffering=4096) as f:
         if f.peek(2)[:2] == b"PK":
             raise DataError(f"{path}: an .npz archive, not an .npy file; allowed: one array per "
                             ".npy file")
@@ -113,7 +113,7 @@ class Block(NamedTuple):
         offset, shape = self.where(piece)
         out = np.empty(shape, dtype=self.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        done = store.read_into(self.path, offset, view)
+        done = ranges.read_into(self.path, offset, view)
         if done < len(view):
             raise DataError(f"{self.path}: ends at byte {offset + done}, inside rows it should "
                             "hold; allowed: a complete file (was it truncated?)")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.formats import store
+from hvdl.data.formats import ranges
 from hvdl.data.formats.base import DataError, Local, Source, Spec, pick_columns
 from hvdl.data.formats.files import check_readable, is_gzip, plain_suffix
 
@@ -57,7 +57,7 @@ class CsvSource(Source):
     def header(self, path: Path) -> tuple[list[str], int]:
         """The column names and the byte where the records begin."""
         check_readable(path)
-        with store.open_file(path, buffering=16 * 1024) as f:
+        with ranges.open_file(path, buffering=16 * 1024) as f:
             line = f.readline()
         names = next(csv.reader([line.decode("utf-8-sig", "replace")],
                                 delimiter=self.delimiter), [])
@@ -72,7 +72,7 @@ class CsvSource(Source):
     def split_data(self, i: int) -> tuple[int, bytes]:
         """(byte offset, bytes) of split `i`'s records: the lines that begin inside it."""
         file, begin, end = self.splits[i]
-        with store.open_file(self.files[file], buffering=16 * 1024) as f:
+        with ranges.open_file(self.files[file], buffering=16 * 1024) as f:
             start = begin
             if begin > self.data_start[file]:  # a record starts here only after a line end
                 f.seek(begin - 1)
@@ -135,7 +135,7 @@ class CsvSource(Source):
         file = self.splits[i][0]
         if hasattr(self, "first_line"):
             return self.first_line[i]
-        with store.open_file(self.files[file]) as f:
+        with ranges.open_file(self.files[file]) as f:
             f.seek(self.data_start[file])
             return 2 + f.read(start - self.data_start[file]).count(b"\n")
 

@@ -16,7 +16,7 @@ import tempfile
 from glob import glob, has_magic
 from pathlib import Path
 
-from hvdl.data.formats import store
+from hvdl.data.formats import ranges, store
 from hvdl.data.formats.base import FILE_FORMATS, DataError
 from hvdl.data.formats.store import S3Path
 
@@ -113,7 +113,7 @@ def of_format(files: list[Path], fmt: str) -> list[Path]:
 
 
 def is_gzip(path: Path) -> bool:
-    with store.open_file(path, buffering=4096) as f:
+    with ranges.open_file(path, buffering=4096) as f:
         return f.read(2) == GZIP_MAGIC
 
 
@@ -140,7 +140,7 @@ def decompress(path: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.")
     try:
-        with os.fdopen(fd, "wb") as dst, store.open_file(path) as raw, \
+        with os.fdopen(fd, "wb") as dst, ranges.open_file(path) as raw, \
                 gzip.GzipFile(fileobj=raw, mode="rb") as src:
             shutil.copyfileobj(src, dst, length=4 * 2**20)
         os.replace(tmp, out)

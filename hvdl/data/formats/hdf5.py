@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.formats import store
+from hvdl.data.formats import ranges
 from hvdl.data.formats.arrays import check_lengths, check_numeric, same_schema
 from hvdl.data.formats.base import DataError, Source, Spec
 from hvdl.data.formats.files import check_readable
@@ -43,7 +43,7 @@ def open_hdf5(path: Path) -> Any:
     import h5py
 
     if isinstance(path, S3Path):  # through ranged GETs, a buffer's worth at a time
-        return h5py.File(store.open_file(path, buffering=1024 * 1024), "r")
+        return h5py.File(ranges.open_file(path, buffering=1024 * 1024), "r")
     access = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     access.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
     access.set_sieve_buf_size(0)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.formats import store
+from hvdl.data.formats import ranges
 from hvdl.data.formats.arrays import Block, check_lengths, label_files, same_schema
 from hvdl.data.formats.base import DataError, Local, Source, Spec
 from hvdl.data.formats.files import check_readable, decompress, default_cache, is_gzip
@@ -115,7 +115,7 @@ def idx_header(path: Path, named: Path | None = None) -> tuple[np.dtype, tuple[i
     errors name `named`, the file as the user gave it (a gzip file, not its copy)."""
     named = named or path
     check_readable(path)
-    with store.open_file(path, buffering=4096) as f:
+    with ranges.open_file(path, buffering=4096) as f:
         head = f.read(4 + 4 * 255)
     dtype, dims, header_len = parse_header(head, named)
     expected = header_len + math.prod(dims) * dtype.itemsize

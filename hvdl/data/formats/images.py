@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.formats import store
+from hvdl.data.formats import ranges, store
 from hvdl.data.formats.base import DataError, Source, Spec
 from hvdl.data.formats.store import S3Path
 
@@ -43,7 +43,7 @@ def data_root(path: str) -> Path:
 
 def fetched(path: S3Path) -> io.BytesIO:
     """An image object's bytes, in one GET (Pillow seeks about in a file)."""
-    with store.open_file(path) as f:
+    with ranges.open_file(path) as f:
         return io.BytesIO(f.read())
 
 

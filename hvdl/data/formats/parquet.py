@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from hvdl.data.chunks import Piece
-from hvdl.data.formats import store
+from hvdl.data.formats import ranges
 from hvdl.data.formats.base import DataError, Source, Spec, label_column, pick_columns
 from hvdl.data.formats.files import check_readable
 from hvdl.data.formats.store import S3Path
@@ -37,7 +37,7 @@ class ParquetSource(Source):
         for f in files:
             check_readable(f)
             try:
-                self.handles.append(pq.ParquetFile(store.arrow_file(f) if isinstance(f, S3Path)
+                self.handles.append(pq.ParquetFile(ranges.arrow_file(f) if isinstance(f, S3Path)
                                                    else f))
             except (pa.ArrowException, OSError) as err:
                 raise DataError(f"{f}: not a complete Parquet file ({err}); allowed: a file "

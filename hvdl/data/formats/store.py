@@ -1,16 +1,14 @@
 """Where data files live: local paths, and `s3://bucket/key` objects in S3-compatible storage.
 
     files = store.expand_url("s3://lab/mnist/*.parquet")    # S3Path objects, sorted
-    with store.open_file(files[0]) as f:                    # a seekable binary file
-        head = f.read(16)
-    store.read_into(files[0], offset, buffer)               # one ranged GET
+    store.upload(local, store.s3_path("s3://lab/codes/part-0.parquet"))
 
 An `S3Path` is a `PurePosixPath` of "bucket/key" that prints as its URL, so the readers handle it
-as they handle a local `Path`: its name, suffix and parts are the key's. What reads bytes goes
-through this module: `open_file` (a buffered file over ranged GETs, for CSV byte ranges, HDF5,
-images and gzip), `arrow_file` (pyarrow's random-access file, for Parquet's row groups) and
-`read_into` (one range of a block of rows: NPY and IDX). Nothing reads a whole object unless the
-format needs it (gzip: once per node, into the cache).
+as they handle a local `Path`: its name, suffix and parts are the key's. This module names,
+lists, checks and writes objects; what reads their bytes is ranges.py (`open_file`, a buffered
+file over ranged GETs; `arrow_file`, for Parquet's row groups; `read_into`, one range of a block
+of rows), and nothing reads a whole object unless the format needs it (gzip: once per node, into
+the cache).
 
 The client is pyarrow's S3 file system: pyarrow is already the table reader, its C++ client does
 the ranged reads and Parquet's coalesced row-group reads without another dependency (s3fs would
@@ -26,7 +24,6 @@ out in seconds and are retried twice, so an unreachable server is an error, not 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from functools import lru_cache
@@ -219,84 +216,6 @@ def translate(pattern: str) -> str:
             out.append(re.escape(pattern[i]))
             i += 1
     return "".join(out)
-
-
-# --- reading -------------------------------------------------------------------------------
-
-def arrow_file(path: Path | S3Path) -> Any:
-    """A pyarrow random-access file (Parquet reads its row groups through it); an object's is
-    opened once per process (opening costs a HEAD request) and shared: its reads are
-    independent ranged GETs."""
-    if not isinstance(path, S3Path):
-        import pyarrow as pa
-
-        return pa.OSFile(str(path), "rb")
-    return opened(path.bucket_key)
-
-
-@lru_cache(maxsize=4096)
-def opened(bucket_key: str) -> Any:
-    try:
-        return filesystem().open_input_file(bucket_key)
-    except OSError as err:
-        raise failure(S3Path(bucket_key), err) from None
-
-
-class Ranges(io.RawIOBase):
-    """An S3 object as a raw seekable file: each read is one ranged GET."""
-
-    def __init__(self, path: S3Path) -> None:
-        self.path, self.source, self.at = path, arrow_file(path), 0
-        self.size = self.source.size()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.at = {0: 0, 1: self.at, 2: self.size}[whence] + offset
-        return self.at
-
-    def tell(self) -> int:
-        return self.at
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(len(view), self.size - self.at))
-        if n:
-            try:
-                data = self.source.read_at(n, self.at)
-            except OSError as err:
-                raise failure(self.path, err) from None
-            view[:len(data)] = data
-            n = len(data)
-        self.at += n
-        return n
-
-
-def open_file(path: Path | S3Path, buffering: int = 256 * 1024) -> Any:
-    """A binary file to read and seek in: the local file, or the object through ranged GETs."""
-    if isinstance(path, S3Path):
-        return io.BufferedReader(Ranges(path), buffer_size=buffering)
-    return open(path, "rb")
-
-
-def read_into(path: Path | S3Path, offset: int, view: memoryview) -> int:
-    """Fill `view` from byte `offset` of the file; the bytes read (fewer at its end)."""
-    if isinstance(path, S3Path):
-        with Ranges(path) as f:
-            f.seek(offset)
-            return f.readinto(view)
-    with open(path, "rb", buffering=0) as f:
-        done = 0
-        while done < len(view):
-            got = os.preadv(f.fileno(), [view[done:]], offset + done)
-            if got == 0:
-                break
-            done += got
-        return done
 
 
 # --- writing -------------------------------------------------------------------------------
