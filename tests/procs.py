@@ -3,6 +3,8 @@ python."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -23,10 +25,13 @@ BIN = Path(sys.executable).parent
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """Environment for a child job: one torch thread per rank, Open MPI allowed as root."""
+    """Environment for a child job: one torch thread per rank, Open MPI allowed as root, and
+    Python's fault handler on, so that a process that aborts or crashes shows where each of its
+    threads was."""
     env = dict(os.environ)
     env.update({
         "HVDL_THREADS": "1",
+        "PYTHONFAULTHANDLER": "1",
         "OMPI_ALLOW_RUN_AS_ROOT": "1",
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "OMPI_MCA_rmaps_base_oversubscribe": "1",
@@ -67,27 +72,68 @@ def launch_command(np: int, args: list[str], launcher: str = "gloo") -> list[str
             *python]
 
 
-def run_hvdl(capture, argv: list[str]) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `hvdl ARGV` run by its `main` in this process, `capture`
-    being pytest's capsys or capfd. Spares a case the two seconds of a new interpreter importing
-    torch; a warning that a process of its own would print fails it, as the extra line would,
-    and the engine a command started is shut down after, as the process's exit would."""
+class _Streams:
+    """sys.stdout and sys.stderr written to memory inside a `with`; `readouterr` as capsys's."""
+
+    def __enter__(self) -> _Streams:
+        self._saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self._out, self._err = io.StringIO(), io.StringIO()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout, sys.stderr = self._saved
+
+    def readouterr(self) -> tuple[str, str]:
+        out, err = self._out.getvalue(), self._err.getvalue()
+        self._out.seek(0), self._out.truncate(), self._err.seek(0), self._err.truncate()
+        return out, err
+
+
+def run_hvdl(argv: list[str], capture=None, **env: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `hvdl ARGV` run by its `main` in this process, with `env`
+    added to the environment while it runs. Spares a case the 2 to 4 s of a new interpreter
+    importing torch (and torch._dynamo, once a run builds its optimizer).
+
+    What it writes is caught by `capture`, pytest's capsys or capfd, or by swapping sys.stdout
+    and sys.stderr where none is at hand (a module's fixture). A warning that a process of its
+    own would print fails it, as the extra line would; the engine it started is shut down after,
+    as the process's exit would, and torch's thread count and random state are put back."""
+    import torch
+
     from hvdl import cli, dist
 
-    capture.readouterr()
-    with warnings.catch_warnings(record=True) as caught:
+    threads = torch.get_num_threads()
+    with (contextlib.nullcontext(capture) if capture else _Streams()) as streams, \
+            pytest.MonkeyPatch.context() as patch, torch.random.fork_rng(devices=[]), \
+            warnings.catch_warnings(record=True) as caught:
+        for name, value in env.items():
+            patch.setenv(name, value)
         warnings.simplefilter("default")  # what a new process shows, and more:
+        streams.readouterr()
         try:
             status = cli.main(argv)
         except SystemExit as done:
             status = done.code
         finally:
             dist.shutdown()
+            torch.set_num_threads(threads)
+        out, err = streams.readouterr()
     hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
     shown = [w for w in caught if not issubclass(w.category, hidden)]  # a process hides these
     assert not shown, [str(w.message) for w in shown]
-    out, err = capture.readouterr()
     return status, out, err
+
+
+def train_here(args: list[str], **env: str) -> str:
+    """stdout of the one-process run `python ARGS` (`-m hvdl.train ...`) run in this process by
+    `run_hvdl`, failing the test with its output unless it ends with status 0. For the runs
+    that are not themselves what a test checks, a reference run's or a resume's; one torch
+    thread, as job_env gives a process."""
+    assert args[:2] == ["-m", "hvdl.train"], args
+    status, out, err = run_hvdl(["train", *args[2:]], **{"HVDL_THREADS": "1", **env})
+    assert status == 0, (f"run failed ({status}): hvdl train {' '.join(args[2:])}\n"
+                         f"--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}")
+    return out
 
 
 def run_job(np: int, args: list[str], launcher: str = "gloo", timeout: float = 300,

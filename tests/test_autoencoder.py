@@ -11,7 +11,7 @@ import torch
 from hvdl.loop import lbfgs
 from hvdl.models import autoencoder as ae
 from hvdl.viz import filter_grid
-from procs import ROOT, check_job
+from procs import ROOT, check_job, train_here
 
 HYPER = {"rho": 0.05, "beta": 3.0, "lam": 1e-3}
 
@@ -320,8 +320,12 @@ def test_two_ranks_normalise_patches_as_one_process(grad_job):
 # --- the recipes, briefly -------------------------------------------------------------------------
 
 def run_recipe(tmp_path, np_, launcher, *args):
-    check_job(np_, ["-m", "hvdl.train", *args, "--results_dir", str(tmp_path), "--log_every", "2"],
-              launcher=launcher)
+    """(run folder, metrics) of a run; `launcher` "python": one run in this process."""
+    args = ["-m", "hvdl.train", *args, "--results_dir", str(tmp_path), "--log_every", "2"]
+    if launcher == "python":
+        train_here(args)
+    else:
+        check_job(np_, args, launcher=launcher)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 

@@ -221,7 +221,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_no_files(tmp_path, case, cap
     results = tmp_path / "runs"
     if "--results_dir" not in argv:
         argv += ["--results_dir", str(results)]
-    status, _, stderr = run_hvdl(capfd, ["train", *argv, "--max_steps", "1"])
+    status, _, stderr = run_hvdl(["train", *argv, "--max_steps", "1"], capfd)
     assert status == 2, stderr[-3000:]
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hvdl: error: "), stderr

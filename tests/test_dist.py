@@ -11,7 +11,7 @@ import torch
 
 from hvdl.host import cpu_threads, launcher_size
 from hvdl.loop.schedule import scaled_lr
-from procs import ROOT, check_job
+from procs import ROOT, check_job, train_here
 
 
 def test_launcher_size_reads_open_mpi_and_slurm_steps():
@@ -48,13 +48,15 @@ def test_horovod_engine_under_plain_mpirun_trains_as_one_process(tmp_path):
     """Test that `mpirun -np 2 python -m hvdl.train --dist.backend horovod` runs Horovod on MPI,
     says and records so, and its SGD steps on one global batch give one process's weights."""
     weights = {}
-    for np_, launcher, extra in ((1, "python", []), (2, "mpirun", ["--dist.backend", "horovod"])):
-        results = tmp_path / launcher
-        out = check_job(np_, ["-m", "hvdl.train", "--train_size", "128", "--batch_size",
-                              str(128 // np_), "--epochs", "2", "--optimizer", "sgd",
-                              "--momentum", "0.9", "--lr", "0.05", "--lr_scaling", "none",
-                              "--schedule", "constant", "--results_dir", str(results), *extra],
-                        launcher, timeout=300)
+    for np_ in (1, 2):
+        results = tmp_path / f"np{np_}"
+        args = ["-m", "hvdl.train", "--train_size", "128", "--batch_size", str(128 // np_),
+                "--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
+                "--lr_scaling", "none", "--schedule", "constant", "--results_dir", str(results)]
+        if np_ == 1:  # the reference, in this process
+            train_here(args)
+        else:
+            out = check_job(2, [*args, "--dist.backend", "horovod"], "mpirun", timeout=300)
         run_dir, weights[np_] = final_weights(results)
     assert out.splitlines()[0] == (
         "hvdl: engine horovod (dist.backend horovod; started by mpirun)"), out[:300]

@@ -27,9 +27,11 @@ from procs import (
     job_env,
     launch_command,
     rank_pids,
+    run_hvdl,
     run_job,
     snapshot_checkpoints,
     start_job,
+    train_here,
     wait_for_file,
 )
 
@@ -88,12 +90,15 @@ GLOBAL_BATCH = 128
 
 
 def one_batch_run(results, np_, where, data, extra=(), **env):
-    """Two SGD steps (momentum) on one global batch of 128, the whole shard on any world size."""
-    return check_job(np_, ["-m", "hvdl.train", *data, "--train_size", str(GLOBAL_BATCH),
-                           "--batch_size", str(GLOBAL_BATCH // np_), "--epochs", "2",
-                           "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05",
-                           "--lr_scaling", "none", "--schedule", "constant",
-                           "--results_dir", str(results), *extra], where, timeout=300, **env)
+    """Two SGD steps (momentum) on one global batch of 128, the whole shard on any world size;
+    `where` "python": in this process (tests/procs.py `train_here`)."""
+    args = ["-m", "hvdl.train", *data, "--train_size", str(GLOBAL_BATCH), "--batch_size",
+            str(GLOBAL_BATCH // np_), "--epochs", "2", "--optimizer", "sgd", "--momentum", "0.9",
+            "--lr", "0.05", "--lr_scaling", "none", "--schedule", "constant", "--results_dir",
+            str(results), *extra]
+    if where == "python":
+        return train_here(args, **env)
+    return check_job(np_, args, where, timeout=300, **env)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +112,7 @@ def one_process(tmp_path_factory, digits):
 
 @pytest.mark.slow
 def test_one_process_runs_the_single_engine_and_records_it(one_process):
-    """Test that a plain process runs the single engine, says so first and records it."""
+    """Test that a run with no launcher runs the single engine, says so first and records it."""
     out, _, _, results = one_process
     assert out.splitlines()[0] == "hvdl: engine single (no launcher; auto)", out[:500]
     meta = json.loads((run_folder(results) / "metadata.json").read_text())
@@ -178,12 +183,13 @@ SHORT_RUN_ACCURACY = 0.4
 def one_process_report(tmp_path_factory, digits):
     """(checkpoint, report) of a short training run evaluated by one plain process."""
     folder = tmp_path_factory.mktemp("eval")
-    check_job(1, ["-m", "hvdl.train", *digits, "--epochs", "1", "--max_steps", "30",
-                  "--results_dir", str(folder / "run")], "python", timeout=300)
+    train_here(["-m", "hvdl.train", *digits, "--epochs", "1", "--max_steps", "30",
+                "--results_dir", str(folder / "run")])
     ckpt = next((run_folder(folder / "run") / "checkpoints").glob("*.pt"))
     out = folder / "report1.json"
-    check_job(1, ["-m", "hvdl.evaluate", "--checkpoint", str(ckpt), "--out", str(out)],
-              "python", timeout=300)
+    status, _, err = run_hvdl(["eval", "--checkpoint", str(ckpt), "--out", str(out)],
+                              HVDL_THREADS="1")
+    assert status == 0, err[-3000:]
     return ckpt, json.loads(out.read_text())
 
 
@@ -282,8 +288,8 @@ NAN_BASE = ["-m", "hvdl.train", "--optimizer", "sgd", "--train_size", "2000", "-
 def good_run(tmp_path_factory, digits):
     """A results folder with 10 good SGD steps of one process."""
     results = tmp_path_factory.mktemp("good")
-    check_job(1, [*NAN_BASE, *digits, "--lr", "0.05", "--max_steps", "10", "--results_dir",
-                  str(results)], "python", timeout=300)
+    train_here([*NAN_BASE, *digits, "--lr", "0.05", "--max_steps", "10", "--results_dir",
+                str(results)])
     return results
 
 

@@ -5,16 +5,17 @@ tests/test_engines.py; a host lost: tests/test_multihost.py."""
 import pytest
 import torch
 
-from procs import check_job, run_job
+from procs import run_hvdl, train_here
 
 
-def nan_run(results):
-    """Train 10 good SGD steps, then resume at a learning rate that overflows the weights."""
+def nan_run(results, capture):
+    """(status, stdout, stderr) of a run that trained 10 good SGD steps, resumed at a learning
+    rate that overflows the weights."""
     base = ["-m", "hvdl.train", "--optimizer", "sgd", "--train_size", "2000", "--batch_size",
             "50", "--epochs", "1", "--results_dir", str(results)]
-    check_job(1, [*base, "--lr", "0.05", "--max_steps", "10"], "python", timeout=180)
-    return run_job(1, [*base, "--resume", "--lr", "1e10", "--log_every", "1",
-                       "--checkpoint_every", "1"], "python", timeout=180)
+    train_here([*base, "--lr", "0.05", "--max_steps", "10"])
+    return run_hvdl(["train", *base[2:], "--resume", "--lr", "1e10", "--log_every", "1",
+                     "--checkpoint_every", "1"], capture, HVDL_THREADS="1")
 
 
 def assert_checkpoints_finite(results):
@@ -28,11 +29,11 @@ def assert_checkpoints_finite(results):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, capfd):
     """Test that a NaN loss ends the run with status 1, one line naming the last good checkpoint."""
-    proc = nan_run(tmp_path)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1].split("\r")[-1]
+    status, _, err = nan_run(tmp_path, capfd)
+    assert status == 1, err[-3000:]
+    line = err.strip().splitlines()[-1].split("\r")[-1]
     assert line.startswith("hvdl: error: train loss became nan") or "not finite" in line, line
     newest = assert_checkpoints_finite(tmp_path)
     assert f"last good checkpoint: {newest}" in line

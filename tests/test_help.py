@@ -27,7 +27,7 @@ def every_key():
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_hvdl_help_lists_every_command(capsys, flag):
     """Test that `hvdl --help` (and -h) exits 0 and lists each command with what it does."""
-    status, out, _ = run_hvdl(capsys, [flag])
+    status, out, _ = run_hvdl([flag], capsys)
     assert status == 0
     for name, (_, what) in cli.COMMANDS.items():
         assert re.search(rf"^  {name}\s+{re.escape(what)}$", out, re.M), name
@@ -48,7 +48,7 @@ def test_hvdl_version_and_python_m_hvdl_agree():
 def test_train_help_lists_every_field_with_its_default_rule_and_comment(capsys):
     """Test that `hvdl train --help` names every config field with its default, what it allows
     and the comment beside the field in hvdl/config.py."""
-    status, out, _ = run_hvdl(capsys, ["train", "--help"])
+    status, out, _ = run_hvdl(["train", "--help"], capsys)
     assert status == 0
     defaults = configlib.Config()
     for key, field in every_key():
@@ -72,7 +72,7 @@ def test_train_help_lists_every_field_with_its_default_rule_and_comment(capsys):
 def test_train_help_shows_a_recipes_values_beside_the_defaults(capsys):
     """Test that `hvdl train --model dbn_small --help` gives the recipe's value where it differs
     from the default."""
-    _, out, _ = run_hvdl(capsys, ["train", "--model", "dbn_small", "--help"])
+    _, out, _ = run_hvdl(["train", "--model", "dbn_small", "--help"], capsys)
     assert "  --family  default cnn (dbn_small: dbn);" in out
     assert "  --layers  default (none) (dbn_small: 0,500,100,0);" in out
     assert "  --seed  default 42;" in out  # the same in the recipe: nothing beside it
@@ -92,7 +92,7 @@ def test_every_commands_options_have_help(capsys, monkeypatch, command):
         return format_action(self, action)
 
     monkeypatch.setattr(HelpFormatter, "_format_action", noting)
-    status, out, _ = run_hvdl(capsys, [*command.split(), "--help"])
+    status, out, _ = run_hvdl([*command.split(), "--help"], capsys)
     assert status == 0
     options = [a for a in shown if a.option_strings and "--help" not in a.option_strings]
     assert options, out
@@ -127,7 +127,7 @@ def test_print_config_prints_the_resolved_config_and_runs_nothing(tmp_path):
 def test_an_unknown_key_names_the_nearest_known_one(capsys, given, nearest):
     """Test that a misspelt key is one line, status 2, naming the closest key (none if nothing
     is close) and where every key is listed."""
-    status, _, err = run_hvdl(capsys, ["train", given, "1"])
+    status, _, err = run_hvdl(["train", given, "1"], capsys)
     assert status == 2
     (line,) = err.strip().splitlines()
     key = given[2:]

@@ -29,7 +29,7 @@ from cluster import cannot_start
 from hvdl.data.chunks import Piece
 from hvdl.data.formats import open_source
 from hvdl.data.formats.base import DataError, Spec
-from procs import ROOT, check_job, free_port, run_job
+from procs import ROOT, check_job, free_port, run_hvdl, run_job
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +238,7 @@ BAD = {  # case: (data.path's change, options, environment, the words of the one
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_database_input_is_one_line_and_status_2_within_seconds(tmp_path, postgres, table,
-                                                                    case):
+                                                                    case, capfd):
     """Test each database failure: one line, status 2, within 30 s, no run folder, no password
     in what is printed."""
     postgres.load("words", pa.table({"a": [1.0, 2.0], "w": ["x", "y"]}))
@@ -250,15 +250,15 @@ def test_bad_database_input_is_one_line_and_status_2_within_seconds(tmp_path, po
     elif change:
         url = url.replace("hvdl@", change)
     started = time.monotonic()
-    proc = run_job(1, ["-m", "hvdl.train", "--model", "rbm_mnist", "--layers", "0,4",
-                       "--data.scale", "none", "--batch_size", "1", "--data.format", "sql",
-                       "--data.path", url, *options, "--results_dir", str(tmp_path / "runs")],
-                   launcher="python", timeout=60, **env)
+    status, out, err = run_hvdl(["train", "--model", "rbm_mnist", "--layers", "0,4",
+                                 "--data.scale", "none", "--batch_size", "1", "--data.format",
+                                 "sql", "--data.path", url, *options, "--results_dir",
+                                 str(tmp_path / "runs")], capfd, **env)
     took = time.monotonic() - started
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    (line,) = proc.stderr.strip().splitlines()
+    assert status == 2, err[-2000:]
+    (line,) = err.strip().splitlines()
     assert line.startswith("hvdl: error: ") and words in line, line
-    assert PASSWORD not in proc.stdout + proc.stderr
+    assert PASSWORD not in out + err
     assert took < 30, took
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

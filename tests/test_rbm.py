@@ -11,7 +11,7 @@ import torch
 from hvdl import dist
 from hvdl.models import pca as pca_module
 from hvdl.models.rbm import RBM, classifier, contrastive_divergence, make_stack, unroll
-from procs import ROOT, check_job, run_job
+from procs import ROOT, check_job, run_hvdl, train_here
 
 
 def sigmoid(x):
@@ -249,8 +249,8 @@ TINY = ["--max_steps", "3", "--train_size", "2000", "--rbm.pretrain_epochs", "1"
 @pytest.mark.parametrize("recipe", sorted(RECIPE_STAGES))
 def test_recipe_runs_a_few_steps_and_keeps_each_stage(tmp_path, recipe):
     """Test that each RBM recipe trains 3 steps per stage and saves every stage's weights."""
-    stdout = check_job(1, ["-m", "hvdl.train", "--model", recipe, *TINY,
-                           "--results_dir", str(tmp_path)], launcher="python")
+    stdout = train_here(["-m", "hvdl.train", "--model", recipe, *TINY,
+                         "--results_dir", str(tmp_path)])
     (run_dir,) = list(tmp_path.iterdir())
     stages = RECIPE_STAGES[recipe]
     assert sorted(p.stem for p in (run_dir / "stages").glob("*.pt")) == sorted(stages)
@@ -297,9 +297,9 @@ def test_minibatch_lbfgs_on_two_ranks_equals_one_process_on_the_global_batch(tmp
 def test_dbn_fine_tunes_the_top_layer_first_then_all_by_minibatch_lbfgs(tmp_path):
     """Test that `rbm.top_epochs` trains the softmax alone (lower layers unchanged) before the
     whole net, here by minibatch L-BFGS on batches of `rbm.finetune_batch_size`."""
-    stdout = check_job(1, ["-m", "hvdl.train", "--model", "dbn_small", *TINY, "--optimizer",
-                           "lbfgs", "--rbm.top_epochs", "1", "--rbm.finetune_batch_size", "50",
-                           "--results_dir", str(tmp_path)], launcher="python")
+    stdout = train_here(["-m", "hvdl.train", "--model", "dbn_small", *TINY, "--optimizer",
+                         "lbfgs", "--rbm.top_epochs", "1", "--rbm.finetune_batch_size", "50",
+                         "--results_dir", str(tmp_path)])
     (run_dir,) = list(tmp_path.iterdir())
     stages = {p.stem: torch.load(p)["model"] for p in (run_dir / "stages").glob("*.pt")}
     assert set(stages) == {"pretrain1", "pretrain2", "finetune_top", "finetune"}
@@ -311,16 +311,15 @@ def test_dbn_fine_tunes_the_top_layer_first_then_all_by_minibatch_lbfgs(tmp_path
 
 
 @pytest.mark.slow
-def test_dbn_fine_tunes_a_saved_stack_without_pretraining_it_again(tmp_path):
+def test_dbn_fine_tunes_a_saved_stack_without_pretraining_it_again(tmp_path, capfd):
     """Test that `rbm.pretrained` fine-tunes an earlier run's stack: no pretraining epochs, the
     loaded weights kept as this run's stages; a stack of other sizes is refused in one line."""
     first, second = tmp_path / "first", tmp_path / "second"
-    check_job(1, ["-m", "hvdl.train", "--model", "dbn_small", *TINY,
-                  "--results_dir", str(first)], launcher="python")
+    train_here(["-m", "hvdl.train", "--model", "dbn_small", *TINY,
+                "--results_dir", str(first)])
     (saved,) = list(first.iterdir())
-    stdout = check_job(1, ["-m", "hvdl.train", "--model", "dbn_small", *TINY,
-                           "--rbm.pretrained", str(saved), "--results_dir", str(second)],
-                       launcher="python")
+    stdout = train_here(["-m", "hvdl.train", "--model", "dbn_small", *TINY,
+                         "--rbm.pretrained", str(saved), "--results_dir", str(second)])
     (run_dir,) = list(second.iterdir())
     assert "pretrain1 epoch" not in stdout and "finetune epoch 1:" in stdout
     assert f"2 RBMs loaded from {saved}" in stdout
@@ -331,11 +330,10 @@ def test_dbn_fine_tunes_a_saved_stack_without_pretraining_it_again(tmp_path):
             torch.testing.assert_close(new[key], old[key], rtol=0, atol=0)
     # The deep autoencoder's stack has other sizes and linear code units: refused, nothing kept.
     refused = tmp_path / "refused"
-    proc = run_job(1, ["-m", "hvdl.train", "--model", "deep_ae_mnist", *TINY,
-                       "--rbm.pretrained", str(saved), "--results_dir", str(refused)],
-                   launcher="python")
-    assert proc.returncode == 2
-    (line,) = proc.stderr.strip().splitlines()
+    status, _, err = run_hvdl(["train", "--model", "deep_ae_mnist", *TINY, "--rbm.pretrained",
+                               str(saved), "--results_dir", str(refused)], capfd)
+    assert status == 2
+    (line,) = err.strip().splitlines()
     assert line.endswith("belongs to the stack 784-500-100 (bernoulli visible, bernoulli top "
                          "hidden units); allowed: this run's stack, 784-1000-500-250-30 "
                          "(auto visible, "
@@ -343,7 +341,7 @@ def test_dbn_fine_tunes_a_saved_stack_without_pretraining_it_again(tmp_path):
     assert not refused.exists() or not any(refused.iterdir())
 
 
-def test_pretrained_stack_is_checked_before_data_or_run_folder(tmp_path):
+def test_pretrained_stack_is_checked_before_data_or_run_folder(tmp_path, capfd):
     """Test that a `rbm.pretrained` stack of other sizes is refused (one line, status 2) before
     the data are read and before the run folder is opened: a missing data file and an
     unwritable results folder are not what the run reports."""
@@ -356,12 +354,11 @@ def test_pretrained_stack_is_checked_before_data_or_run_folder(tmp_path):
                          {"model": rbm.state_dict(), "config": configlib.to_dict(other),
                           "stage": f"pretrain{i}"})
     (tmp_path / "taken").write_text("a file, not a folder\n")
-    proc = run_job(1, ["-m", "hvdl.train", "--model", "dbn_small", "--rbm.pretrained",
-                       str(saved), "--data.path", str(tmp_path / "missing.npy"),
-                       "--results_dir", str(tmp_path / "taken" / "runs")], launcher="python",
-                   timeout=120)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    (line,) = proc.stderr.strip().splitlines()
+    status, _, err = run_hvdl(["train", "--model", "dbn_small", "--rbm.pretrained", str(saved),
+                               "--data.path", str(tmp_path / "missing.npy"),
+                               "--results_dir", str(tmp_path / "taken" / "runs")], capfd)
+    assert status == 2, err[-3000:]
+    (line,) = err.strip().splitlines()
     assert line == (f"hvdl: error: rbm.pretrained: {saved}/stages/pretrain1.pt belongs to the "
                     "stack 784-300-100 (auto visible, bernoulli top hidden units); allowed: "
                     "this run's stack, 0-500-100 (auto visible, bernoulli top hidden "
@@ -377,11 +374,10 @@ def test_auto_visible_units_on_standardized_data_are_gaussian_in_the_run_and_its
 
     rng = np.random.default_rng(3)
     np.save(tmp_path / "x.npy", rng.normal(4.0, 2.0, (256, 6)).astype(np.float32))
-    stdout = check_job(1, ["-m", "hvdl.train", "--model", "rbm_mnist", "--data.path",
-                           str(tmp_path / "x.npy"), "--data.scale", "standardize", "--layers",
-                           "0,5", "--rbm.pretrain_epochs", "1", "--rbm.pretrain_lr", "0.001",
-                           "--batch_size", "32", "--results_dir", str(tmp_path / "runs")],
-                       launcher="python")
+    stdout = train_here(["-m", "hvdl.train", "--model", "rbm_mnist", "--data.path",
+                         str(tmp_path / "x.npy"), "--data.scale", "standardize", "--layers",
+                         "0,5", "--rbm.pretrain_epochs", "1", "--rbm.pretrain_lr", "0.001",
+                         "--batch_size", "32", "--results_dir", str(tmp_path / "runs")])
     assert "hvdl: rbm.visible auto: gaussian (the scaled training values span [" in stdout
     assert "RBM 6-5 (gaussian visible" in stdout
     (run_dir,) = (tmp_path / "runs").iterdir()

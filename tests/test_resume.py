@@ -9,10 +9,10 @@ import torch
 
 from procs import (
     assert_resumed,
-    check_job,
     finish,
     snapshot_checkpoints,
     start_job,
+    train_here,
     wait_for_file,
 )
 
@@ -44,7 +44,7 @@ def assert_same_weights(a, b):
 def uninterrupted(tmp_path_factory):
     """The final checkpoint of the run trained without interruption on one process."""
     results = tmp_path_factory.mktemp("uninterrupted")
-    check_job(1, [*RUN, "--results_dir", str(results)], "python", timeout=180)
+    train_here([*RUN, "--results_dir", str(results)])
     return newest_checkpoint(results)
 
 
@@ -62,7 +62,7 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path,
     assert stopped["step"] < uninterrupted["step"]
 
     before = snapshot_checkpoints(run_folder(tmp_path))
-    out = check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume"], "python", timeout=180)
+    out = train_here([*RUN, "--results_dir", str(tmp_path), "--resume"])
     assert_resumed(out, run_folder(tmp_path), before, stopped["step"])
     assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
     (run_dir,) = tmp_path.iterdir()
@@ -84,8 +84,7 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(t
     assert killed < uninterrupted["step"]
 
     before = snapshot_checkpoints(run_folder(tmp_path))
-    out = check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume", "auto"], "python",
-                    timeout=180)
+    out = train_here([*RUN, "--results_dir", str(tmp_path), "--resume", "auto"])
     assert_resumed(out, run_folder(tmp_path), before, killed)
     assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
 
@@ -124,8 +123,7 @@ def test_a_streamed_run_stopped_and_resumed_mid_epoch_ends_as_an_uninterrupted_o
     weights = {}
     for memory in ("stream", "device"):
         out = tmp_path / f"whole-{memory}"
-        check_job(1, [*run, "--data.memory", memory, "--results_dir", str(out)], "python",
-                  timeout=180)
+        train_here([*run, "--data.memory", memory, "--results_dir", str(out)])
         weights[memory] = newest_checkpoint(out)
     assert_same_weights(weights["stream"], weights["device"])
     cut = [*run, "--data.memory", "stream", "--results_dir", str(tmp_path / "cut")]
@@ -137,7 +135,7 @@ def test_a_streamed_run_stopped_and_resumed_mid_epoch_ends_as_an_uninterrupted_o
     stopped = newest_checkpoint(tmp_path / "cut")
     assert 0 < stopped["batch"] < 40, "not stopped mid-epoch"
     before = snapshot_checkpoints(run_folder(tmp_path / "cut"))
-    out = check_job(1, [*cut, "--resume"], "python", timeout=180)
+    out = train_here([*cut, "--resume"])
     assert_resumed(out, run_folder(tmp_path / "cut"), before, stopped["step"])
     assert_same_weights(newest_checkpoint(tmp_path / "cut"), weights["stream"])
 
@@ -152,7 +150,7 @@ def test_sigusr1_stops_after_a_checkpoint_like_sigterm(tmp_path, uninterrupted):
     status, out, err = finish(proc)
     assert status == 0 and "stopped by SIGUSR1" in out, err[-3000:]
     before = snapshot_checkpoints(run_folder(tmp_path))
-    out = check_job(1, [*RUN, "--results_dir", str(tmp_path), "--resume"], "python", timeout=180)
+    out = train_here([*RUN, "--results_dir", str(tmp_path), "--resume"])
     assert_resumed(out, run_folder(tmp_path), before)
     assert_same_weights(newest_checkpoint(tmp_path), uninterrupted)
 
@@ -160,8 +158,8 @@ def test_sigusr1_stops_after_a_checkpoint_like_sigterm(tmp_path, uninterrupted):
 @pytest.mark.slow
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
     """Test that keep_checkpoints prunes the older checkpoints and keeps the newest."""
-    check_job(1, [*RUN, "--epochs", "1", "--checkpoint_every", "5", "--keep_checkpoints", "3",
-                  "--results_dir", str(tmp_path)], "python", timeout=180)
+    train_here([*RUN, "--epochs", "1", "--checkpoint_every", "5", "--keep_checkpoints", "3",
+                "--results_dir", str(tmp_path)])
     (run_dir,) = list(tmp_path.iterdir())
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
     assert kept == ["step-000000030.pt", "step-000000035.pt", "step-000000040.pt"]
@@ -171,13 +169,13 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 def test_resume_auto_looks_at_the_newest_run_folder_only(tmp_path):
     """Test that `--resume auto` starts afresh when the newest run of the recipe has no
     checkpoint, even if an older run has one."""
-    check_job(1, [*RUN, "--epochs", "1", "--results_dir", str(tmp_path)], "python", timeout=180)
+    train_here([*RUN, "--epochs", "1", "--results_dir", str(tmp_path)])
     (older,) = list(tmp_path.iterdir())
     newer = tmp_path / "29990101-000000-lenet5"  # a later run that died before its first one
     (newer / "checkpoints").mkdir(parents=True)
     (newer / "config.toml").write_text((older / "config.toml").read_text())
-    out = check_job(1, [*RUN, "--epochs", "1", "--max_steps", "2", "--results_dir",
-                        str(tmp_path), "--resume", "auto"], "python", timeout=180)
+    out = train_here([*RUN, "--epochs", "1", "--max_steps", "2", "--results_dir", str(tmp_path),
+                      "--resume", "auto"])
     assert "no checkpoint to resume" in out and "resumed from" not in out
 
 
@@ -186,10 +184,10 @@ def test_resuming_a_run_that_reached_max_steps_takes_no_further_step(tmp_path):
     """Test that `--resume` of a run stopped by `max_steps` keeps its final checkpoint and adds
     none: the step counter stays where max_steps stopped it."""
     limited = [*RUN, "--epochs", "1", "--max_steps", "12", "--results_dir", str(tmp_path)]
-    check_job(1, limited, "python", timeout=180)
+    train_here(limited)
     before = newest_checkpoint(tmp_path)
     assert before["step"] == 12
     saved = snapshot_checkpoints(run_folder(tmp_path))
-    out = check_job(1, [*limited, "--resume"], "python", timeout=180)
+    out = train_here([*limited, "--resume"])
     assert_resumed(out, run_folder(tmp_path), saved, 12, took_steps=False)
     assert_same_weights(newest_checkpoint(tmp_path), before)

@@ -20,9 +20,11 @@ from procs import (
     check_job,
     finish,
     rank_pids,
+    run_hvdl,
     run_job,
     snapshot_checkpoints,
     start_job,
+    train_here,
     wait_for_file,
 )
 
@@ -102,7 +104,7 @@ def trained(tmp_path_factory):
     folders = {}
     for name, (options, _) in RUNS.items():
         results = tmp_path_factory.mktemp(f"whole-{name}")
-        check_job(1, [*COMMON, *options, "--results_dir", str(results)], "python", timeout=600)
+        train_here([*COMMON, *options, "--results_dir", str(results)])
         folders[name] = run_folder(results)
     return folders
 
@@ -172,7 +174,7 @@ def test_sigterm_mid_stage_then_resume_ends_as_an_uninterrupted_run(tmp_path, tr
     stopped = newest(tmp_path)
     assert stopped["step"] + stopped.get("offset", 0) < whole["step"] + whole.get("offset", 0)
     before = snapshot_checkpoints(run_folder(tmp_path))
-    out = check_job(1, [*run, "--resume"], "python", timeout=600)
+    out = train_here([*run, "--resume"])
     assert_resumed(out, run_folder(tmp_path), before, stopped["step"] + stopped["offset"])
     assert_same_weights(newest(tmp_path), whole)
 
@@ -235,8 +237,7 @@ def test_resume_auto_at_each_stage_boundary_ends_as_an_uninterrupted_run(tmp_pat
             if later.name > end.name:
                 later.unlink()
         before = snapshot_checkpoints(results / whole.name)
-        out = check_job(1, [*COMMON, *options, "--results_dir", str(results), "--resume",
-                            "auto"], "python", timeout=600)
+        out = train_here([*COMMON, *options, "--results_dir", str(results), "--resume", "auto"])
         assert_resumed(out, results / whole.name, before, int(end.name[5:-3]))
         assert_same_weights(newest(results), final)
 
@@ -247,10 +248,13 @@ def test_eval_on_two_ranks_equals_one_process(tmp_path, trained, family):
     (a classification report, or the reconstruction error and the RBM's free energy)."""
     ckpt = checkpoints(trained[family])[-1]
     reports = {}
-    for np_, launcher in ((1, "python"), (2, "mpirun")):  # each engine: test_engines.py
+    for np_ in (1, 2):  # each engine and launcher: test_engines.py
         out = tmp_path / f"report{np_}.json"
-        check_job(np_, ["-m", "hvdl.evaluate", "--checkpoint", str(ckpt), "--out", str(out)],
-                  launcher)
+        command = ["--checkpoint", str(ckpt), "--out", str(out)]
+        if np_ == 1:
+            assert run_hvdl(["eval", *command], HVDL_THREADS="1")[0] == 0
+        else:
+            check_job(2, ["-m", "hvdl.evaluate", *command], "mpirun")
         reports[np_] = json.loads(out.read_text())
     one, two = reports[1], reports[2]
     assert one["count"] == two["count"] == 10000
@@ -339,8 +343,9 @@ def test_encode_layer_1_as_npy_gives_the_first_hidden_layer(tmp_path, trained):
     hidden layer's codes (layers[1] wide, not the code layer's) as .npy with the labels."""
     ckpt = checkpoints(trained["deep_ae"])[-1]
     out = tmp_path / "codes"
-    check_job(1, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out),
-                  "--layer", "1", "--format", "npy"], "python")
+    status, _, err = run_hvdl(["encode", "--checkpoint", str(ckpt), "--out", str(out), "--layer",
+                               "1", "--format", "npy"], HVDL_THREADS="1")
+    assert status == 0, err[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["layer"], manifest["format"], manifest["rows"]) == (1, "npy", 1200)
     (part,) = manifest["parts"]
@@ -354,16 +359,15 @@ def test_encode_layer_1_as_npy_gives_the_first_hidden_layer(tmp_path, trained):
                                   mnist_train()[1][:1200])
 
 
-def test_encode_of_a_classifier_without_an_encoder_is_bad_input(tmp_path, trained):
+def test_encode_of_a_classifier_without_an_encoder_is_bad_input(tmp_path, trained, capfd):
     """Test that `hvdl encode` of a cnn checkpoint exits with status 2 and one line, writing
     nothing."""
     ckpt = checkpoints(trained["cnn"])[-1]
     out = tmp_path / "codes"
-    proc = run_job(1, ["-m", "hvdl.encode", "--checkpoint", str(ckpt), "--out", str(out)],
-                   "python")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hvdl: error: "), proc.stderr
+    status, _, err = run_hvdl(["encode", "--checkpoint", str(ckpt), "--out", str(out)], capfd)
+    assert status == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hvdl: error: "), err
     assert "family 'cnn' has no encoder" in lines[0], lines[0]
     assert not out.exists()
 

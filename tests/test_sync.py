@@ -9,7 +9,7 @@ import torch
 from test_train import TINY, final_weights
 
 from hvdl import config as configlib
-from procs import check_job
+from procs import check_job, train_here
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     """Test that --perf.bf16 trains LeNet-5 on CPU to a finite cost, and differently from float32
     (so the autocast took effect)."""
     for name, extra in (("bf16", ["--perf.bf16"]), ("fp32", [])):
-        check_job(1, ["-m", "hvdl.train", *TINY, *extra, "--results_dir", str(tmp_path / name)],
-                  "python")
+        train_here(["-m", "hvdl.train", *TINY, *extra, "--results_dir", str(tmp_path / name)])
     (run_dir,) = list((tmp_path / "bf16").iterdir())
     history = json.loads((run_dir / "metrics.json").read_text())["train"]
     assert history and all(torch.isfinite(torch.tensor(e["train_cost"])) for e in history)

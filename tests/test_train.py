@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from procs import check_job
+from procs import check_job, run_hvdl
 
 TINY = ["--train_size", "2000", "--epochs", "1", "--max_steps", "4", "--log_every", "2"]
 
@@ -64,10 +64,13 @@ def test_evaluation_over_two_ranks_equals_one_process(tmp_path, tiny_run):
     run_dir, _ = tiny_run
     ckpt = next((run_dir / "checkpoints").glob("*.pt"))
     reports = {}
-    for np_, launcher in ((1, "python"), (2, "mpirun")):  # each engine: test_engines.py
+    for np_ in (1, 2):  # each engine and launcher: test_engines.py
         out = tmp_path / f"report{np_}.json"
-        check_job(np_, ["-m", "hvdl.evaluate", "--checkpoint", str(ckpt), "--out", str(out)],
-                  launcher)
+        command = ["--checkpoint", str(ckpt), "--out", str(out)]
+        if np_ == 1:
+            assert run_hvdl(["eval", *command], HVDL_THREADS="1")[0] == 0
+        else:
+            check_job(2, ["-m", "hvdl.evaluate", *command], "mpirun")
         reports[np_] = json.loads(out.read_text())
     one, two = reports[1], reports[2]
     for key in ("confusion", "accuracy", "precision", "recall", "f1", "macro_f1", "count"):
