@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from baddata import DATA_CASES, DEFAULTS
-from procs import BIN, ROOT, job_env, run_hvdl, run_job
+from procs import BIN, ROOT, job_env, run_hvdl, run_job, train_here
 
 
 def run_cli(*args, cwd=ROOT):
@@ -294,17 +294,15 @@ def test_eval_of_a_csv_checkpoint_on_another_csv_reports_that_files_rows(tmp_pat
 
     shapes_csv(tmp_path / "train.csv", 96, seed=3)
     counts = shapes_csv(tmp_path / "x.csv", 37, seed=4)
-    proc = run_cli("-m", "hvdl.train", "--data.path", str(tmp_path / "train.csv"),
-                   "--data.label", "shape", "--data.shape", "1,16,16", "--batch_size", "24",
-                   "--epochs", "1", "--data.test_fraction", "0.25",
-                   "--results_dir", str(tmp_path / "runs"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_here(["-m", "hvdl.train", "--data.path", str(tmp_path / "train.csv"), "--data.label",
+                "shape", "--data.shape", "1,16,16", "--batch_size", "24", "--epochs", "1",
+                "--data.test_fraction", "0.25", "--results_dir", str(tmp_path / "runs")])
     (checkpoint,) = (tmp_path / "runs").glob("*/checkpoints/step-*.pt")
-    proc = run_cli("-m", "hvdl", "eval", "--checkpoint", str(checkpoint), "--data.test_path",
-                   str(tmp_path / "x.csv"), "--data.label", "shape", "--out",
-                   str(tmp_path / "r.json"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    status, out, err = run_hvdl(["eval", "--checkpoint", str(checkpoint), "--data.test_path",
+                                 str(tmp_path / "x.csv"), "--data.label", "shape", "--out",
+                                 str(tmp_path / "r.json")], HVDL_THREADS="1")
+    assert status == 0, err[-3000:]
     found = json.loads((tmp_path / "r.json").read_text())
-    assert found["count"] == 37 and "(37 examples)" in proc.stdout, proc.stdout
+    assert found["count"] == 37 and "(37 examples)" in out, out
     assert found["classes"] == ["circle", "square", "star"]
     assert [sum(row) for row in found["confusion"]] == [counts[c] for c in found["classes"]]
