@@ -124,16 +124,21 @@ def run_hvdl(argv: list[str], capture=None, **env: str) -> tuple[int, str, str]:
     return status, out, err
 
 
-def train_here(args: list[str], **env: str) -> str:
-    """stdout of the one-process run `python ARGS` (`-m hvdl.train ...`) run in this process by
-    `run_hvdl`, failing the test with its output unless it ends with status 0. For the runs
-    that are not themselves what a test checks, a reference run's or a resume's; one torch
-    thread, as job_env gives a process."""
-    assert args[:2] == ["-m", "hvdl.train"], args
-    status, out, err = run_hvdl(["train", *args[2:]], **{"HVDL_THREADS": "1", **env})
-    assert status == 0, (f"run failed ({status}): hvdl train {' '.join(args[2:])}\n"
+def check_hvdl(argv: list[str], **env: str) -> str:
+    """stdout of `hvdl ARGV` run in this process by `run_hvdl`, failing the test with its output
+    unless it ends with status 0: for the commands that are not themselves what a test checks,
+    a reference run, a resume, a one-process eval. One torch thread, as job_env gives a
+    process."""
+    status, out, err = run_hvdl(argv, **{"HVDL_THREADS": "1", **env})
+    assert status == 0, (f"hvdl failed ({status}): hvdl {' '.join(argv)}\n"
                          f"--- stdout\n{out[-4000:]}\n--- stderr\n{err[-4000:]}")
     return out
+
+
+def train_here(args: list[str], **env: str) -> str:
+    """`check_hvdl` of the run `python ARGS` (`-m hvdl.train ...`, as the tests' jobs take it)."""
+    assert args[:2] == ["-m", "hvdl.train"], args
+    return check_hvdl(["train", *args[2:]], **env)
 
 
 def run_job(np: int, args: list[str], launcher: str = "gloo", timeout: float = 300,

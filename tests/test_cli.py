@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from baddata import DATA_CASES, DEFAULTS
-from procs import BIN, ROOT, job_env, run_hvdl, run_job, train_here
+from procs import BIN, ROOT, check_hvdl, job_env, run_hvdl, run_job, train_here
 
 
 def run_cli(*args, cwd=ROOT):
@@ -298,10 +298,9 @@ def test_eval_of_a_csv_checkpoint_on_another_csv_reports_that_files_rows(tmp_pat
                 "shape", "--data.shape", "1,16,16", "--batch_size", "24", "--epochs", "1",
                 "--data.test_fraction", "0.25", "--results_dir", str(tmp_path / "runs")])
     (checkpoint,) = (tmp_path / "runs").glob("*/checkpoints/step-*.pt")
-    status, out, err = run_hvdl(["eval", "--checkpoint", str(checkpoint), "--data.test_path",
-                                 str(tmp_path / "x.csv"), "--data.label", "shape", "--out",
-                                 str(tmp_path / "r.json")], HVDL_THREADS="1")
-    assert status == 0, err[-3000:]
+    out = check_hvdl(["eval", "--checkpoint", str(checkpoint), "--data.test_path",
+                      str(tmp_path / "x.csv"), "--data.label", "shape", "--out",
+                      str(tmp_path / "r.json")])
     found = json.loads((tmp_path / "r.json").read_text())
     assert found["count"] == 37 and "(37 examples)" in out, out
     assert found["classes"] == ["circle", "square", "star"]

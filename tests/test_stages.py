@@ -17,6 +17,7 @@ import torch
 
 from procs import (
     assert_resumed,
+    check_hvdl,
     check_job,
     finish,
     rank_pids,
@@ -252,7 +253,7 @@ def test_eval_on_two_ranks_equals_one_process(tmp_path, trained, family):
         out = tmp_path / f"report{np_}.json"
         command = ["--checkpoint", str(ckpt), "--out", str(out)]
         if np_ == 1:
-            assert run_hvdl(["eval", *command], HVDL_THREADS="1")[0] == 0
+            check_hvdl(["eval", *command])
         else:
             check_job(2, ["-m", "hvdl.evaluate", *command], "mpirun")
         reports[np_] = json.loads(out.read_text())
@@ -343,9 +344,8 @@ def test_encode_layer_1_as_npy_gives_the_first_hidden_layer(tmp_path, trained):
     hidden layer's codes (layers[1] wide, not the code layer's) as .npy with the labels."""
     ckpt = checkpoints(trained["deep_ae"])[-1]
     out = tmp_path / "codes"
-    status, _, err = run_hvdl(["encode", "--checkpoint", str(ckpt), "--out", str(out), "--layer",
-                               "1", "--format", "npy"], HVDL_THREADS="1")
-    assert status == 0, err[-3000:]
+    check_hvdl(["encode", "--checkpoint", str(ckpt), "--out", str(out), "--layer", "1",
+                "--format", "npy"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["layer"], manifest["format"], manifest["rows"]) == (1, "npy", 1200)
     (part,) = manifest["parts"]
